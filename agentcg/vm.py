@@ -1,0 +1,245 @@
+"""Boot the pinned test kernel with virtme-ng and run one command inside it.
+
+The guest shares this machine's root filesystem over 9p, so the checkout and its
+venv are visible as they are. Its console output is not reliable here, so the
+guest command writes its log and exit status into a shared read-write directory
+which we stream while it runs and read back afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class VMError(Exception):
+    """The VM could not be booted or did not report back."""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    version: str
+    root: Path
+
+    @property
+    def image(self) -> Path:
+        return self.root / "usr/lib/modules" / self.version / "vmlinuz"
+
+
+def pinned_kernel(cache: Path | None = None) -> Kernel:
+    env = (ROOT / "scripts/kernel.env").read_text()
+    kver = next(line.split("=", 1)[1] for line in env.splitlines() if line.startswith("KVER="))
+    cache = cache or Path(os.environ.get("AGENTCG_CACHE", ROOT / ".cache"))
+    kernel = Kernel(kver, cache / "kernel" / kver)
+    if not kernel.image.is_file():
+        raise VMError(f"test kernel missing at {kernel.image}: run scripts/setup.sh first")
+    return kernel
+
+
+def _vng() -> list[str]:
+    vng = Path(sys.executable).parent / "vng"
+    if not vng.exists():
+        found = shutil.which("vng")
+        if not found:
+            raise VMError("virtme-ng (vng) not found: run scripts/setup.sh first")
+        vng = Path(found)
+    return [str(vng)]
+
+
+# Runs as root inside the guest. bpffs and tracefs are not mounted by
+# virtme-ng; bcc and bpftool need them.
+GUEST_SCRIPT = """\
+#!/bin/sh
+out={out}
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+export PYTHONDONTWRITEBYTECODE=1 AGENTCG_IN_VM=1 PATH={path}
+cd {cwd}
+echo ready > "$out/booted"
+( {cmd} ) >"$out/log" 2>&1 </dev/null
+echo $? > "$out/status.tmp" && mv "$out/status.tmp" "$out/status"
+sync
+poweroff -f 2>/dev/null
+"""
+
+
+def _boot(
+    kernel: Kernel,
+    guest_cmd: str,
+    rwdir: Path,
+    kvm: bool,
+    cpus: int,
+    memory: str,
+    timeout: float,
+    stream: bool,
+    boot_timeout: float | None = None,
+) -> int:
+    """Boot once; return the guest command's exit status."""
+    script = rwdir / "guest.sh"
+    script.write_text(
+        GUEST_SCRIPT.format(
+            out=shlex.quote(str(rwdir)),
+            path=shlex.quote(os.environ.get("PATH", "/usr/bin:/bin")),
+            cwd=shlex.quote(os.getcwd()),
+            cmd=guest_cmd,
+        )
+    )
+    script.chmod(0o755)
+    argv = [
+        *_vng(),
+        "--run",
+        str(kernel.image),
+        "--cpus",
+        str(cpus),
+        "--memory",
+        memory,
+        "--rwdir",
+        str(rwdir),
+        "--exec",
+        f"sh {shlex.quote(str(script))}",
+    ]
+    if not kvm:
+        argv.append("--disable-kvm")
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(argv[0]).parent}:{env.get('PATH', '')}"
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    console: list[bytes] = []
+    reader = threading.Thread(target=lambda: console.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    log, status = rwdir / "log", rwdir / "status"
+    start, pos = time.monotonic(), 0
+    try:
+        while True:
+            if stream and log.exists():
+                pos = _copy_new(log, pos)
+            if proc.poll() is not None:
+                break
+            elapsed = time.monotonic() - start
+            if boot_timeout and elapsed > boot_timeout and not (rwdir / "booted").exists():
+                raise VMError(f"guest did not boot within {boot_timeout:.0f}s")
+            if elapsed > timeout:
+                raise VMError(f"guest command did not finish within {timeout:.0f}s")
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        reader.join(timeout=2)
+    if stream and log.exists():
+        _copy_new(log, pos)
+    if not status.exists():
+        tail = b"".join(console)[-3000:].decode(errors="replace")
+        raise VMError(
+            f"guest exited without a status (vng exit {proc.returncode}); console:\n{tail}"
+        )
+    return int(status.read_text().strip() or "255")
+
+
+def _copy_new(path: Path, pos: int) -> int:
+    with path.open("rb") as f:
+        f.seek(pos)
+        data = f.read()
+    if data:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    return pos + len(data)
+
+
+def _kvm_verdict(kernel: Kernel, cache: Path) -> bool:
+    """Whether this host can boot the test kernel under KVM; probed once, cached.
+
+    On nested-virtualisation hosts qemu either aborts at once or hangs after an
+    emulation failure, so the probe has a short boot watchdog.
+    """
+    if os.environ.get("AGENTCG_VM_KVM") in ("0", "1"):
+        return os.environ["AGENTCG_VM_KVM"] == "1"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    key = hashlib.sha256(f"{os.uname().release} {kernel.version}".encode()).hexdigest()[:16]
+    verdict_file = cache / f"kvm-verdict-{key}"
+    if verdict_file.exists():
+        return verdict_file.read_text().strip() == "kvm"
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        try:
+            ok = (
+                _boot(
+                    kernel,
+                    "true",
+                    Path(tmp),
+                    kvm=True,
+                    cpus=1,
+                    memory="512M",
+                    timeout=60,
+                    stream=False,
+                    boot_timeout=25,
+                )
+                == 0
+            )
+        except VMError:
+            ok = False
+    verdict_file.write_text("kvm" if ok else "tcg")
+    return ok
+
+
+def run(cmd: list[str], *, cpus: int = 2, memory: str = "2G", timeout: float = 3600) -> int:
+    """Run `cmd` as root inside the test VM; stream its output; return its exit status."""
+    kernel = pinned_kernel()
+    cache = kernel.root.parent.parent
+    kvm = _kvm_verdict(kernel, cache)
+    if not kvm:
+        print(
+            "vm-run: KVM cannot boot the test kernel here; using TCG software emulation "
+            "(10-50x slower)",
+            file=sys.stderr,
+        )
+    with tempfile.TemporaryDirectory(prefix="vm-run.", dir=cache) as tmp:
+        return _boot(
+            kernel,
+            shlex.join(cmd),
+            Path(tmp),
+            kvm=kvm,
+            cpus=cpus,
+            memory=memory,
+            timeout=timeout,
+            stream=True,
+            boot_timeout=300,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="vm-run", description=__doc__.splitlines()[0])
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--memory", default="2G")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds for the whole run")
+    parser.add_argument("cmd", nargs="+", help="command to run as root in the guest (after --)")
+    args = parser.parse_args(argv)
+    try:
+        return run(args.cmd, cpus=args.cpus, memory=args.memory, timeout=args.timeout)
+    except VMError as e:
+        print(f"vm-run: error: {e}", file=sys.stderr)
+        return 125
+
+
+if __name__ == "__main__":
+    sys.exit(main())
