@@ -1,0 +1,208 @@
+"""`agentcg` command line: daemon, run, doctor, status, vm, bench."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agentcg import __version__
+from agentcg.errors import AgentcgError
+
+
+@click.group()
+@click.version_option(__version__)
+def main() -> None:
+    """Per-tool-call cgroup v2 resource control for sandboxed AI agents."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="config file [default: /etc/agentcg/agentcg.toml if present]",
+)
+@click.option("--root", type=click.Path(path_type=Path), help="cgroup subtree to own")
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="socket path")
+@click.option("--socket-group", help="group that may connect to the socket")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="where state.json lives")
+@click.option("-v", "--verbose", is_flag=True, help="log every request")
+def daemon(
+    config_path: Path | None,
+    root: Path | None,
+    socket_path: Path | None,
+    socket_group: str | None,
+    state_dir: Path | None,
+    verbose: bool,
+) -> None:
+    """Run the daemon (as root) in the foreground."""
+    from agentcg.config import DEFAULT_PATH, load_config
+    from agentcg.daemon import Daemon
+    from agentcg.server import Server
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    overrides: dict[str, Any] = {
+        k: str(v)
+        for k, v in {
+            "daemon.root": root,
+            "daemon.socket": socket_path,
+            "daemon.socket_group": socket_group,
+            "daemon.state_dir": state_dir,
+        }.items()
+        if v is not None
+    }
+    if config_path is None and DEFAULT_PATH.exists():
+        config_path = DEFAULT_PATH
+    try:
+        cfg = load_config(config_path, overrides)
+    except AgentcgError as e:
+        raise click.ClickException(e.message) from None
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        d = Daemon(cfg)
+        d.start(loop)
+        server = Server(d)
+        await server.start()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(
+            f"agentcg {__version__}: serving {cfg.daemon.socket}, cgroup root {cfg.daemon.root}",
+            file=sys.stderr,
+            flush=True,
+        )
+        await stop.wait()
+        await server.close()
+        await d.shutdown()
+
+    try:
+        asyncio.run(serve())
+    except AgentcgError as e:
+        raise click.ClickException(e.message) from None
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--memory", "-m", help='memory the call expects: "512M", "2G" or low|medium|high')
+@click.option("--priority", "-p", help="critical|high|normal|low")
+@click.option("--label", "-l", help="tool kind for metrics and advice, e.g. pytest")
+@click.option("--cpu", type=float, help="CPU limit in cores")
+@click.option("--pids", type=int, help="max processes")
+@click.option("--timeout", type=float, help="seconds before the call is killed")
+@click.option("--latency-sensitive", is_flag=True, default=None, help="interactive call")
+@click.option("--session", "-s", help="session name [default: $AGENTCG_SESSION or your own]")
+@click.option("--json", "json_out", is_flag=True, help="print the outcome as JSON on stderr")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(command: tuple[str, ...], session: str | None, json_out: bool, **intent: Any) -> None:
+    """Run COMMAND as one tool call in its own cgroup; exit with its status."""
+    from agentcg.client import Client
+
+    def on_event(msg: dict[str, Any]) -> None:
+        if msg["event"] in ("throttled", "oom", "killed", "frozen"):
+            print(
+                f"agentcg: tool call {msg['event']}: {json.dumps(msg['data'])}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    try:
+        with Client(on_event=on_event) as client:
+            call = client.tool_call(session=session, **intent)
+            call.begin()
+            try:
+                proc = call.popen(list(command))
+            except OSError as e:
+                call.end(127)
+                raise click.ClickException(f"cannot run {command[0]}: {e.strerror}") from None
+            # Ctrl-C reaches the tool (same process group); we only wait for it.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            status = proc.wait()
+            outcome = call.end(status)
+    except AgentcgError as e:
+        raise click.ClickException(e.message) from None
+    if json_out:
+        print(json.dumps(outcome), file=sys.stderr)
+    if outcome.get("advice"):
+        print(f"agentcg: {outcome['advice']}", file=sys.stderr)
+    sys.exit(status if status >= 0 else 128 - status)
+
+
+@main.command()
+@click.option("--json", "json_output", is_flag=True, help="machine-readable report")
+@click.option("--root", type=click.Path(path_type=Path), help="cgroup subtree the daemon would own")
+def doctor(json_output: bool, root: Path | None) -> None:
+    """Report what this host can do; exit 0 full, 1 degraded, 2 cannot run."""
+    from agentcg.doctor import doctor_main
+
+    sys.exit(doctor_main(json_output, root))
+
+
+@main.command()
+@click.option("--session", "-s", help="one session (default: all, needs admin)")
+def status(session: str | None) -> None:
+    """Show sessions and their running tool calls."""
+    from agentcg.client import Client
+
+    try:
+        with Client() as client:
+            result = (
+                client.request("session.status", session=session)
+                if session
+                else client.request("list")
+            )
+    except AgentcgError as e:
+        raise click.ClickException(e.message) from None
+    click.echo(json.dumps(result, indent=2))
+
+
+@main.group()
+def vm() -> None:
+    """The test kernel VM (for hosts without cgroup v2 controllers or sched_ext)."""
+
+
+@vm.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--cpus", type=int, default=2)
+@click.option("--memory", default="2G")
+@click.option("--timeout", type=float, default=3600)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def vm_run(command: tuple[str, ...], cpus: int, memory: str, timeout: float) -> None:
+    """Run COMMAND as root inside the pinned test kernel."""
+    from agentcg import vm as vmmod
+
+    try:
+        sys.exit(vmmod.run(list(command), cpus=cpus, memory=memory, timeout=timeout))
+    except vmmod.VMError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks (ratios measured side by side in one run)."""
+
+
+@bench.command("toolcall")
+@click.option("-n", "--calls", type=int, default=200, help="calls per variant")
+@click.option("--json", "json_out", is_flag=True)
+def bench_toolcall(calls: int, json_out: bool) -> None:
+    """Tool-call round trip through the daemon vs the raw cgroup operations."""
+    from agentcg.bench import toolcall
+
+    report = toolcall(calls)
+    click.echo(json.dumps(report, indent=2) if json_out else report["text"])
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

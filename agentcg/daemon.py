@@ -1,0 +1,685 @@
+"""The daemon's state machine: sessions, tool calls and their cgroups.
+
+Data path: server.py hands a validated Request and its Peer to `Daemon.handle`;
+policy.decide turns the intent into CallLimits; this module applies them to a
+fresh cgroup, watches the kernel's events for it, and turns what happened into
+an Outcome for the agent. Everything here runs on one asyncio loop, so state
+changes need no locks; cgroupfs writes are fast in-memory syscalls.
+
+cgroup layout (the no-internal-process rule holds at every level):
+    <root>/supervisor/                      the daemon itself
+    <root>/sessions/<session>/agent/        the adopted agent framework
+    <root>/sessions/<session>/tools/<call>/ one leaf per tool call
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentcg import __version__, state
+from agentcg.cgroup import Cgroup, CgroupError, find_cgroup2_mount
+from agentcg.config import Config
+from agentcg.errors import AgentcgError
+from agentcg.intent import Intent, parse_intent
+from agentcg.peer import Peer, is_descendant
+from agentcg.policy import CallLimits, Outcome, advise, decide
+from agentcg.protocol import PROTOCOL_VERSION, Request, negotiate_version
+from agentcg.watch import Watcher
+
+log = logging.getLogger("agentcg.daemon")
+
+CONTROLLERS = ("memory", "cpu", "pids")
+THROTTLE_EVENT_INTERVAL_S = 1.0  # at most one "throttled" push per call per second
+DRAIN_TIMEOUT_S = 5.0  # how long a killed call may take to empty
+
+
+def _err(code: str, message: str) -> AgentcgError:
+    return AgentcgError(code, message)
+
+
+@dataclass
+class Session:
+    name: str
+    owner_uid: int | None  # None: recovered without a record; admin only
+    container: str | None
+    memory: int | None
+    cpu: float | None
+    pids: int | None
+    max_calls: int
+    created: float
+    adopted: dict[str, str] = field(default_factory=dict)  # pid -> cgroup it came from
+    calls: set[str] = field(default_factory=set)
+
+    def record(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("calls")
+        return d
+
+
+@dataclass
+class Call:
+    id: str
+    session: str
+    token: str
+    owner_uid: int
+    owner_pid: int
+    intent: Intent
+    limits: CallLimits
+    started: float
+    state: str = "pending"  # pending -> running -> exited -> ended
+    conn: Connection | None = None
+    killed_reason: str | None = None
+    high_events: int = 0
+    oom_kills: int = 0
+    last_throttle_push: float = 0.0
+    timer: asyncio.TimerHandle | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "session": self.session,
+            "token": self.token,
+            "owner_uid": self.owner_uid,
+            "owner_pid": self.owner_pid,
+            "intent": asdict(self.intent),
+            "limits": asdict(self.limits),
+            "started": self.started,
+        }
+
+
+class Connection:
+    """What the daemon needs of a client connection: who, and how to push events."""
+
+    def __init__(self, peer: Peer, push: Callable[[dict[str, Any]], None]) -> None:
+        self.peer = peer
+        self.push = push
+        self.calls: set[str] = set()
+        self.version = PROTOCOL_VERSION
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.root = Cgroup(cfg.daemon.root)
+        self.sessions_cg = self.root.child("sessions")
+        self.sessions: dict[str, Session] = {}
+        self.calls: dict[str, Call] = {}
+        self.watcher: Watcher | None = None
+        self.state_path = cfg.daemon.state_dir / "state.json"
+        self.on_outcome: list[Callable[[Outcome], None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()  # keeps timer-started work alive
+        self._handlers: dict[str, Callable[[Connection, dict[str, Any]], Awaitable[dict]]] = {
+            "hello": self._hello,
+            "session.open": self._session_open,
+            "session.close": self._session_close,
+            "session.status": self._session_status,
+            "call.begin": self._call_begin,
+            "call.attach": self._call_attach,
+            "call.end": self._call_end,
+            "call.status": self._call_status,
+            "call.claim": self._call_claim,
+            "list": self._list,
+        }
+
+    # ---------------------------------------------------------------- start-up
+
+    def setup_hierarchy(self) -> None:
+        """Create the subtree and move the daemon into its supervisor leaf."""
+        mount = find_cgroup2_mount()
+        if mount is None or not (mount / "cgroup.controllers").exists():
+            raise _err("unavailable", "no cgroup v2 hierarchy is mounted: run `agentcg doctor`")
+        parent = Cgroup(self.root.path.parent)
+        missing = set(CONTROLLERS) - parent.controllers()
+        if missing:
+            raise _err(
+                "unavailable",
+                f"cgroup {parent.path} lacks controllers "
+                f"{', '.join(sorted(missing))}: run `agentcg doctor`",
+            )
+        if parent.path == mount:
+            parent.enable_controllers(CONTROLLERS)
+        elif set(CONTROLLERS) - parent.subtree_control():
+            raise _err(
+                "unavailable",
+                f"{parent.path} does not delegate {', '.join(CONTROLLERS)}"
+                " to its children: set Delegate=yes on the unit or pick another root",
+            )
+        self.root.create(exist_ok=True)
+        supervisor = self.root.child("supervisor").create(exist_ok=True)
+        supervisor.add_process(os.getpid())
+        self.root.enable_controllers(CONTROLLERS)
+        self.sessions_cg.create(exist_ok=True)
+        self.sessions_cg.enable_controllers(CONTROLLERS)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.setup_hierarchy()
+        self.watcher = Watcher(loop)
+        self.recover()
+
+    def recover(self) -> None:
+        """Rebuild sessions and calls from cgroupfs plus the state file."""
+        saved = state.load(self.state_path)
+        if saved.get("corrupt"):
+            log.warning("state file %s unreadable; recovering from cgroupfs alone", self.state_path)
+        for scg in self.sessions_cg.children():
+            rec = saved["sessions"].get(scg.name)
+            if rec:
+                sess = Session(**{k: v for k, v in rec.items() if k != "calls"})
+            else:
+                log.warning("session %s has no record; only admins can act on it", scg.name)
+                sess = Session(
+                    scg.name, None, None, None, None, None, self.cfg.session.max_calls, time.time()
+                )
+            self.sessions[sess.name] = sess
+            for ccg in scg.child("tools").children() if scg.child("tools").exists() else []:
+                rec = saved["calls"].get(ccg.name)
+                if rec is None or rec.get("session") != sess.name or not ccg.populated:
+                    # Finished while we were down, or unknown: nothing to give back.
+                    self._remove_cgroup(ccg, kill=True)
+                    continue
+                call = Call(
+                    id=ccg.name,
+                    session=sess.name,
+                    token=rec["token"],
+                    owner_uid=rec["owner_uid"],
+                    owner_pid=rec["owner_pid"],
+                    intent=Intent(**rec["intent"]),
+                    limits=CallLimits(
+                        **{
+                            k: tuple(v) if k == "cpu_max" and v else v
+                            for k, v in rec["limits"].items()
+                        }
+                    ),
+                    started=rec["started"],
+                    state="running",
+                )
+                self.calls[call.id] = call
+                sess.calls.add(call.id)
+                self._watch(call)
+                # Its agent must reconnect and claim it, else it is killed as orphaned.
+                call.timer = asyncio.get_running_loop().call_later(
+                    self.cfg.daemon.reclaim_grace_s, self._orphan_timeout, call.id
+                )
+                log.info("recovered running call %s in session %s", call.id, sess.name)
+        self._save()
+
+    # ---------------------------------------------------------------- dispatch
+
+    async def handle(self, conn: Connection, req: Request) -> dict[str, Any]:
+        if req.spec.admin and not self.is_admin(conn.peer):
+            raise _err(
+                "unauthorized",
+                f"{req.op} is an admin operation; your uid "
+                f"{conn.peer.uid} is not in the config's [admin] uids/gids",
+            )
+        return await self._handlers[req.op](conn, req.args)
+
+    def is_admin(self, peer: Peer) -> bool:
+        if peer.container is not None or self._session_of_cgroup(peer.cgroup):
+            return False  # root inside a container or a session is still an agent
+        return peer.uid in self.cfg.admin.uids or peer.gid in self.cfg.admin.gids
+
+    async def connection_lost(self, conn: Connection) -> None:
+        """A client that dies mid-call loses its tool calls: kill and clean them up."""
+        for call_id in list(conn.calls):
+            call = self.calls.get(call_id)
+            if call and call.conn is conn:
+                await self._finish(call, kill_reason="disconnect")
+
+    # ---------------------------------------------------------------- sessions
+
+    def _session_of_cgroup(self, cgroup: str) -> str | None:
+        rel = self.sessions_cg.path.relative_to(find_cgroup2_mount() or Path("/sys/fs/cgroup"))
+        prefix = f"/{rel}/"
+        if cgroup.startswith(prefix):
+            return cgroup[len(prefix) :].split("/", 1)[0] or None
+        return None
+
+    def _authorize(self, peer: Peer, sess: Session) -> None:
+        if self.is_admin(peer) or self._session_of_cgroup(peer.cgroup) == sess.name:
+            return
+        if sess.owner_uid == peer.uid and sess.container == peer.container:
+            return
+        raise _err(
+            "unauthorized",
+            f"session {sess.name!r} belongs to another agent; open your own with session.open",
+        )
+
+    def _get_session(self, peer: Peer, name: str) -> Session:
+        sess = self.sessions.get(name)
+        if sess is None:
+            raise _err("not_found", f"no session {name!r}: open it first with session.open")
+        self._authorize(peer, sess)
+        return sess
+
+    def _default_session_name(self, peer: Peer) -> str:
+        return f"ctr-{peer.container[:12]}" if peer.container else f"uid-{peer.uid}"
+
+    async def _hello(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        conn.version = negotiate_version(args["version"])
+        result: dict[str, Any] = {
+            "version": conn.version,
+            "server": f"agentcg {__version__}",
+            "peer": conn.peer.as_dict(),
+        }
+        bound = self._session_of_cgroup(conn.peer.cgroup)
+        if bound:
+            result["session"] = bound
+        return result
+
+    async def _session_open(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        sess = self._open_session(conn.peer, args)
+        if args.get("adopt"):
+            self._adopt(sess, conn.peer)
+        return {"session": sess.name, "cgroup": str(self._session_cg(sess.name).path)}
+
+    def _open_session(self, peer: Peer, args: dict[str, Any]) -> Session:
+        name = args.get("name") or self._default_session_name(peer)
+        existing = self.sessions.get(name)
+        if existing is not None:
+            self._authorize(peer, existing)
+            if not args.get("name"):
+                return existing  # the peer's default session is opened once and reused
+            raise _err(
+                "conflict", f"session {name!r} is already open; close it or pick another name"
+            )
+        caps = self.cfg.session
+        memory = args.get("memory", caps.default_memory)
+        if memory is not None and caps.max_memory is not None and memory > caps.max_memory:
+            raise _err(
+                "limit_exceeded",
+                f"session memory {memory} exceeds the configured cap "
+                f"{caps.max_memory}; ask for less",
+            )
+        sess = Session(
+            name=name,
+            owner_uid=peer.uid,
+            container=peer.container,
+            memory=memory,
+            cpu=args.get("cpu"),
+            pids=args.get("pids", caps.default_pids),
+            max_calls=min(args.get("max_calls", caps.max_calls), caps.max_calls),
+            created=time.time(),
+        )
+        scg = self._session_cg(name)
+        try:
+            scg.create()
+            scg.enable_controllers(CONTROLLERS)
+            scg.set_memory_max(sess.memory)
+            scg.set_pids_max(sess.pids)
+            if sess.cpu is not None:
+                scg.set_cpu_max((int(sess.cpu * 100_000), 100_000))
+            scg.child("agent").create()
+            tools = scg.child("tools").create()
+            tools.enable_controllers(CONTROLLERS)
+        except (CgroupError, OSError) as e:
+            self._remove_cgroup(scg, kill=True)
+            raise _err("internal", f"could not create session cgroup {scg.path}: {e}") from e
+        self.sessions[name] = sess
+        self._save()
+        log.info("session %s opened by uid %s container %s", name, peer.uid, peer.container)
+        return sess
+
+    def _adopt(self, sess: Session, peer: Peer) -> None:
+        """Move the agent process itself into the session's agent/ leaf."""
+        agent = self._session_cg(sess.name).child("agent")
+        sess.adopted[str(peer.pid)] = peer.cgroup
+        agent.add_process(peer.pid)
+        self._save()
+
+    def _session_cg(self, name: str) -> Cgroup:
+        return self.sessions_cg.child(name)
+
+    async def _session_close(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        sess = self._get_session(conn.peer, args["session"])
+        killed = 0
+        for call_id in list(sess.calls):
+            call = self.calls.get(call_id)
+            if call:
+                killed += call.state in ("pending", "running")
+                await self._finish(call, kill_reason="session_closed")
+        mount = find_cgroup2_mount() or Path("/sys/fs/cgroup")
+        for pid, origin in sess.adopted.items():
+            # Give adopted agents back to where they came from, if it still exists.
+            with contextlib.suppress(CgroupError, OSError, ValueError):
+                Cgroup(mount / origin.lstrip("/")).add_process(int(pid))
+        self._remove_cgroup(self._session_cg(sess.name), kill=True)
+        del self.sessions[sess.name]
+        self._save()
+        return {"closed": sess.name, "killed_calls": killed}
+
+    async def _session_status(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        sess = self._get_session(conn.peer, args["session"])
+        return self._session_view(sess)
+
+    def _session_view(self, sess: Session) -> dict[str, Any]:
+        scg = self._session_cg(sess.name)
+        usage: dict[str, Any] = {}
+        with contextlib.suppress(CgroupError, OSError):
+            usage = {
+                "memory_current": scg.memory_current(),
+                "memory_peak": scg.memory_peak(),
+                "pids_current": scg.pids_current(),
+            }
+        return {
+            "session": sess.name,
+            "owner_uid": sess.owner_uid,
+            "container": sess.container,
+            "memory": sess.memory,
+            "calls": [
+                self._call_view(self.calls[c]) for c in sorted(sess.calls) if c in self.calls
+            ],
+            "usage": usage,
+        }
+
+    async def _list(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        return {"sessions": [self._session_view(s) for s in self.sessions.values()]}
+
+    # ---------------------------------------------------------------- calls
+
+    def _committed(self, sess: Session) -> int:
+        return sum(self.calls[c].limits.memory_high or 0 for c in sess.calls if c in self.calls)
+
+    async def _call_begin(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        peer = conn.peer
+        name = args.get("session") or self._session_of_cgroup(peer.cgroup)
+        sess = self._get_session(peer, name) if name else self._open_session(peer, {})
+        if len(sess.calls) >= sess.max_calls:
+            raise _err(
+                "limit_exceeded",
+                f"session {sess.name!r} already runs {len(sess.calls)} "
+                "tool calls (its max_calls); wait for one to end",
+            )
+        intent = parse_intent(args["intent"], self.cfg)
+        limits = decide(intent, self.cfg, sess.memory, self._committed(sess))
+        call_id = "c" + secrets.token_hex(6)
+        ccg = self._session_cg(sess.name).child("tools").child(call_id)
+        try:
+            ccg.create()
+            self._apply(ccg, limits)
+        except (CgroupError, OSError) as e:
+            self._remove_cgroup(ccg, kill=True)
+            raise _err("internal", f"could not set up the call's cgroup {ccg.path}: {e}") from e
+        call = Call(
+            id=call_id,
+            session=sess.name,
+            token=secrets.token_hex(16),
+            owner_uid=peer.uid,
+            owner_pid=peer.pid,
+            intent=intent,
+            limits=limits,
+            started=time.time(),
+            conn=conn,
+        )
+        self.calls[call_id] = call
+        sess.calls.add(call_id)
+        conn.calls.add(call_id)
+        self._watch(call)
+        if limits.timeout_s:
+            call.timer = asyncio.get_running_loop().call_later(
+                limits.timeout_s, lambda: self._spawn(self._kill(call_id, "timeout"))
+            )
+        self._save()
+        return {
+            "call": call_id,
+            "token": call.token,
+            "session": sess.name,
+            "cgroup": str(ccg.path),
+            "limits": asdict(limits),
+        }
+
+    @staticmethod
+    def _apply(cg: Cgroup, limits: CallLimits) -> None:
+        cg.set_memory_high(limits.memory_high)
+        cg.set_memory_max(limits.memory_max)
+        cg.set_memory_low(limits.memory_low)
+        cg.set_cpu_weight(limits.cpu_weight)
+        cg.set_cpu_max(limits.cpu_max)
+        cg.set_pids_max(limits.pids_max)
+        # An OOM inside the call takes the whole call, never a stray half of it.
+        cg.write("memory.oom.group", 1)
+
+    def _owned_call(self, peer: Peer, call_id: str, token: str | None) -> Call:
+        call = self.calls.get(call_id)
+        if call is None:
+            raise _err("not_found", f"no running call {call_id!r}: it ended or never began")
+        if token is not None and not secrets.compare_digest(token, call.token):
+            raise _err("unauthorized", f"wrong token for call {call_id!r}")
+        if call.owner_uid != peer.uid and not self.is_admin(peer):
+            raise _err("unauthorized", f"call {call_id!r} belongs to another agent")
+        return call
+
+    async def _call_attach(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        """The tool process, before exec, asks to be placed into its call's cgroup."""
+        peer = conn.peer
+        call = self._owned_call(peer, args["call"], args["token"])
+        if call.state not in ("pending", "running"):
+            raise _err("conflict", f"call {call.id} already {call.state}; begin a new call")
+        if not is_descendant(peer.pid, call.owner_pid):
+            raise _err(
+                "unauthorized",
+                f"pid {peer.pid} is not a descendant of the process "
+                f"that began call {call.id}; only its own children can attach",
+            )
+        ccg = self._call_cg(call)
+        ccg.add_process(peer.pid)
+        call.state = "running"
+        return {"call": call.id, "cgroup": str(ccg.path)}
+
+    async def _call_end(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        call = self._owned_call(conn.peer, args["call"], args["token"])
+        outcome = await self._finish(call, exit_status=args.get("exit_status"))
+        return outcome.to_dict()
+
+    async def _call_status(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        call = self._owned_call(conn.peer, args["call"], None)
+        return self._call_view(call)
+
+    async def _call_claim(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        call = self._owned_call(conn.peer, args["call"], args["token"])
+        if call.conn is not None and call.conn is not conn:
+            call.conn.calls.discard(call.id)
+        call.conn = conn
+        conn.calls.add(call.id)
+        if call.timer and call.state in ("pending", "running") and not call.limits.timeout_s:
+            call.timer.cancel()
+            call.timer = None
+        return {"call": call.id, "state": call.state}
+
+    def _call_view(self, call: Call) -> dict[str, Any]:
+        usage: dict[str, Any] = {}
+        with contextlib.suppress(CgroupError, OSError):
+            cg = self._call_cg(call)
+            usage = {
+                "memory_current": cg.memory_current(),
+                "memory_peak": cg.memory_peak(),
+                "memory_high_events": cg.memory_events().get("high", 0),
+            }
+        return {
+            "call": call.id,
+            "session": call.session,
+            "label": call.intent.label,
+            "state": call.state,
+            "started": call.started,
+            "limits": asdict(call.limits),
+            "usage": usage,
+        }
+
+    def _call_cg(self, call: Call) -> Cgroup:
+        return self._session_cg(call.session).child("tools").child(call.id)
+
+    # ---------------------------------------------------------------- kernel events
+
+    def _watch(self, call: Call) -> None:
+        assert self.watcher is not None
+        cg = self._call_cg(call)
+        self.watcher.add(cg.path / "memory.events", lambda _p: self._on_memory_events(call.id))
+        self.watcher.add(cg.path / "cgroup.events", lambda _p: self._on_cgroup_events(call.id))
+
+    def _unwatch(self, call: Call) -> None:
+        if self.watcher:
+            cg = self._call_cg(call)
+            self.watcher.remove(cg.path / "memory.events")
+            self.watcher.remove(cg.path / "cgroup.events")
+
+    def _on_memory_events(self, call_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call is None:
+            return
+        try:
+            ev = self._call_cg(call).memory_events()
+        except (CgroupError, OSError):
+            return
+        now = time.monotonic()
+        if ev.get("oom_kill", 0) > call.oom_kills:
+            call.oom_kills = ev["oom_kill"]
+            call.killed_reason = call.killed_reason or "oom"
+            self._push(
+                call, "oom", {"oom_kills": call.oom_kills, "memory_max": call.limits.memory_max}
+            )
+        if ev.get("high", 0) > call.high_events:
+            call.high_events = ev["high"]
+            if now - call.last_throttle_push >= THROTTLE_EVENT_INTERVAL_S:
+                call.last_throttle_push = now
+                self._push(
+                    call,
+                    "throttled",
+                    {
+                        "memory_high": call.limits.memory_high,
+                        "memory_high_events": call.high_events,
+                    },
+                )
+
+    def _on_cgroup_events(self, call_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.state != "running":
+            return
+        with contextlib.suppress(CgroupError, OSError):
+            if not self._call_cg(call).populated:
+                call.state = "exited"
+
+    def _push(self, call: Call, name: str, data: dict[str, Any]) -> None:
+        if call.conn is not None:
+            call.conn.push({"event": name, "call": call.id, "data": data})
+
+    def _orphan_timeout(self, call_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call and call.conn is None:
+            log.info("call %s was not reclaimed after restart; killing it", call_id)
+            self._spawn(self._finish(call, kill_reason="disconnect"))
+
+    async def _kill(self, call_id: str, reason: str) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.state == "ended":
+            return
+        call.killed_reason = call.killed_reason or reason
+        cg = self._call_cg(call)
+        with contextlib.suppress(CgroupError, OSError):
+            cg.kill()
+        self._push(call, "killed", {"reason": reason})
+
+    # ---------------------------------------------------------------- ending
+
+    async def _finish(
+        self, call: Call, exit_status: int | None = None, kill_reason: str | None = None
+    ) -> Outcome:
+        """End a call: stop what is left of it, read its stats, remove its cgroup."""
+        if call.state == "ended":
+            raise _err("conflict", f"call {call.id} already ended")
+        call.state = "ended"
+        if call.timer:
+            call.timer.cancel()
+        cg = self._call_cg(call)
+        if kill_reason:
+            call.killed_reason = call.killed_reason or kill_reason
+            self._push(call, "killed", {"reason": kill_reason})
+        # Whatever the tool left running in the background ends with the call.
+        with contextlib.suppress(CgroupError, OSError):
+            if cg.populated:
+                cg.kill()
+                await self._wait_empty(cg)
+        outcome = self._outcome(call, cg, exit_status)
+        self._unwatch(call)
+        self._remove_cgroup(cg, kill=True)
+        self.calls.pop(call.id, None)
+        sess = self.sessions.get(call.session)
+        if sess:
+            sess.calls.discard(call.id)
+        if call.conn:
+            call.conn.calls.discard(call.id)
+        self._push(
+            call, "ended", {"exit_status": exit_status, "killed_reason": outcome.killed_reason}
+        )
+        self._save()
+        for hook in self.on_outcome:
+            hook(outcome)
+        return outcome
+
+    async def _wait_empty(self, cg: Cgroup) -> None:
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while cg.populated and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    def _outcome(self, call: Call, cg: Cgroup, exit_status: int | None) -> Outcome:
+        stats: dict[str, Any] = {"peak": 0, "cpu": {}, "mev": {}, "psi": 0}
+        with contextlib.suppress(CgroupError, OSError):
+            stats["peak"] = cg.memory_peak() or cg.memory_current()
+            stats["cpu"] = cg.cpu_stat()
+            stats["mev"] = cg.memory_events()
+            stats["psi"] = int(cg.pressure("memory").get("some", {}).get("total", 0))
+        mev = stats["mev"]
+        oom_kills = max(mev.get("oom_kill", 0), call.oom_kills)
+        killed = call.killed_reason or ("oom" if oom_kills else None)
+        outcome = Outcome(
+            call=call.id,
+            label=call.intent.label,
+            exit_status=exit_status if exit_status is None or exit_status >= 0 else None,
+            signal=-exit_status if exit_status is not None and exit_status < 0 else None,
+            duration_s=round(time.time() - call.started, 3),
+            peak_memory=stats["peak"],
+            memory_requested=call.limits.memory_high,
+            cpu_usage_us=stats["cpu"].get("usage_usec", 0),
+            cpu_throttled_us=stats["cpu"].get("throttled_usec", 0),
+            memory_high_events=max(mev.get("high", 0), call.high_events),
+            oom_kills=oom_kills,
+            pressure_some_us=stats["psi"],
+            frozen=False,
+            killed_reason=killed,
+            advice=None,
+        )
+        outcome.advice = advise(outcome, call.limits, call.intent)
+        return outcome
+
+    # ---------------------------------------------------------------- helpers
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _remove_cgroup(self, cg: Cgroup, kill: bool) -> None:
+        try:
+            cg.remove_tree(kill=kill, timeout=DRAIN_TIMEOUT_S)
+        except (CgroupError, OSError) as e:
+            log.error("could not remove %s: %s", cg.path, e)
+
+    def _save(self) -> None:
+        state.save(
+            self.state_path,
+            {n: s.record() for n, s in self.sessions.items()},
+            {c.id: c.record() for c in self.calls.values() if c.state != "ended"},
+        )
+
+    async def shutdown(self) -> None:
+        """Graceful stop: calls keep running; a restarted daemon adopts them."""
+        self._save()
+        if self.watcher:
+            self.watcher.close()

@@ -1,0 +1,180 @@
+"""The Unix socket front end: framing, limits and peer identity for every connection.
+
+Each connection is read one frame at a time: the first byte may wait as long as
+the connection is legitimately idle, the rest of the frame must arrive within
+frame_timeout_s (slowloris), frames over max_frame close the connection, and a
+token bucket caps requests per second. Whatever a client sends, it gets a
+structured error and the daemon keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from agentcg import protocol
+from agentcg.daemon import Connection, Daemon
+from agentcg.errors import AgentcgError
+from agentcg.peer import peer_of
+
+log = logging.getLogger("agentcg.server")
+
+MAX_PENDING_WRITE = 1 << 20  # a client that stops reading its events is dropped
+
+
+class Server:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.cfg = daemon.cfg.daemon
+        self.active = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        path = Path(self.cfg.socket)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_socket(path)
+        self._server = await asyncio.start_unix_server(
+            self._serve, path=str(path), limit=self.cfg.max_frame
+        )
+        gid = grp.getgrnam(self.cfg.socket_group).gr_gid if self.cfg.socket_group else -1
+        os.chown(path, -1, gid)
+        os.chmod(path, self.cfg.socket_mode)
+        log.info("listening on %s", path)
+
+    @staticmethod
+    def _remove_stale_socket(path: Path) -> None:
+        if not path.exists():
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # left by a daemon that died
+            return
+        finally:
+            probe.close()
+        raise AgentcgError("conflict", f"another daemon is serving {path}; stop it first")
+
+    async def close(self) -> None:
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        try:
+            peer = peer_of(sock)
+        except OSError:
+            writer.close()
+            return
+        if self.active >= self.cfg.max_connections:
+            writer.write(
+                protocol.encode(
+                    protocol.err(
+                        None,
+                        AgentcgError("busy", "the daemon is at max_connections; retry shortly"),
+                    )
+                )
+            )
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            writer.close()
+            return
+        self.active += 1
+
+        def push(msg: dict[str, Any]) -> None:
+            if writer.is_closing():
+                return
+            transport = writer.transport
+            if transport.get_write_buffer_size() > MAX_PENDING_WRITE:
+                log.warning("pid %d is not reading its events; dropping it", peer.pid)
+                transport.abort()
+                return
+            writer.write(protocol.encode(msg))
+
+        conn = Connection(peer, push)
+        try:
+            await self._loop(conn, reader, writer)
+        finally:
+            self.active -= 1
+            await self.daemon.connection_lost(conn)
+            writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await writer.wait_closed()
+
+    async def _loop(
+        self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        tokens = float(self.cfg.max_requests_per_second)
+        last = time.monotonic()
+        first = True
+        while True:
+            line = await self._read_frame(conn, reader, writer)
+            if line is None:
+                return
+            now = time.monotonic()
+            tokens = min(
+                float(self.cfg.max_requests_per_second),
+                tokens + (now - last) * self.cfg.max_requests_per_second,
+            )
+            last = now
+            try:
+                req = protocol.parse_request(line, self.cfg.max_frame, require_version=first)
+                if tokens < 1:
+                    raise AgentcgError("busy", "too many requests on this connection; slow down")
+                tokens -= 1
+                result = await self.daemon.handle(conn, req)
+                reply = protocol.ok(req.id, result)
+                first = False
+            except AgentcgError as e:
+                reply = protocol.err(e.request_id, e)
+            except Exception as e:  # a bug must cost one request, not the daemon
+                log.exception("internal error")
+                reply = protocol.err(
+                    None,
+                    AgentcgError(
+                        "internal", f"internal error ({type(e).__name__}); see the daemon log"
+                    ),
+                )
+            writer.write(protocol.encode(reply))
+            await writer.drain()
+
+    async def _read_frame(
+        self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bytes | None:
+        # A connection that owns live calls may wait as long as its tools run.
+        idle = None if conn.calls else self.cfg.idle_timeout_s
+        try:
+            head = await asyncio.wait_for(reader.read(1), idle)
+            if not head:
+                return None
+            if head == b"\n":
+                return head
+            rest = await asyncio.wait_for(reader.readuntil(b"\n"), self.cfg.frame_timeout_s)
+            return head + rest
+        except (asyncio.LimitOverrunError, ValueError):
+            error = AgentcgError(
+                "frame_too_large",
+                f"frame exceeds {self.cfg.max_frame} bytes; "
+                "send smaller requests (one JSON object per line)",
+            )
+        except TimeoutError:
+            error = AgentcgError(
+                "timeout",
+                "connection idle or frame incomplete for too long; reconnect and send whole lines",
+            )
+        except asyncio.IncompleteReadError:
+            return None
+        except (ConnectionError, OSError):
+            return None
+        with contextlib.suppress(OSError, ConnectionError):
+            writer.write(protocol.encode(protocol.err(None, error)))
+            await writer.drain()
+        return None

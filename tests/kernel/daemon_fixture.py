@@ -1,0 +1,74 @@
+"""A real agentcg daemon in its own cgroup subtree, for kernel-tier tests."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentcg.cgroup import Cgroup, find_cgroup2_mount
+
+
+class RunningDaemon:
+    def __init__(self, tmp: Path, extra_config: str = "") -> None:
+        mount = find_cgroup2_mount()
+        assert mount is not None
+        tag = secrets.token_hex(4)
+        self.root = Cgroup(mount / f"agentcg-test-{tag}")
+        self.run_dir = Path(f"/run/agentcg-test-{tag}")
+        self.socket = self.run_dir / "agentcg.sock"
+        self.config = tmp / f"agentcg-{tag}.toml"
+        self.config.write_text(
+            f'[daemon]\nroot = "{self.root.path}"\nsocket = "{self.socket}"\n'
+            f'state_dir = "{self.run_dir}"\nsocket_mode = "0666"\nreclaim_grace_s = 5\n'
+            + extra_config
+        )
+        self.log = tmp / f"daemon-{tag}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agentcg.cli", "daemon", "--config", str(self.config)],
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"daemon did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        os.environ["AGENTCG_SOCKET"] = str(self.socket)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+    def tool_cgroups(self) -> list[Path]:
+        return sorted(p for p in self.root.path.glob("sessions/*/tools/*") if p.is_dir())
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self.root.exists():
+            # Put the test process back where it can be removed from.
+            self.root.remove_tree(kill=True, timeout=10)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
+    d = RunningDaemon(tmp_path)
+    d.start()
+    yield d
+    d.cleanup()
