@@ -234,8 +234,8 @@ def advise(outcome: Outcome, limits: CallLimits, intent: Intent) -> str | None:
         )
     elif o.killed_reason == "disconnect":
         parts.append(
-            f"{label} was killed because the agent's connection closed before call.end: keep "
-            "the connection open, or reconnect and send call.claim within the grace period."
+            f"{label} was killed because the connection that began it closed before call.end: "
+            "keep that connection open until the tool finishes."
         )
     elif o.killed_reason == "session_closed":
         parts.append(f"{label} was killed because its session was closed while it ran.")

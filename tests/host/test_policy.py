@@ -303,7 +303,7 @@ def test_timeout():
 @pytest.mark.parametrize(
     ("reason", "words"),
     [
-        ("disconnect", "connection closed before call.end"),
+        ("disconnect", "the connection that began it closed before call.end"),
         ("session_closed", "its session was closed"),
         ("admin", "killed by an administrator"),
     ],
