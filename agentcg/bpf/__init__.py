@@ -1,0 +1,1 @@
+"""BPF program sources shipped as package data (loaded with importlib.resources)."""

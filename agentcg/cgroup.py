@@ -1,0 +1,549 @@
+"""A small, typed library over the cgroup v2 filesystem.
+
+Everything here is plain file I/O on cgroupfs: no caching, no daemon state. Each
+write is a single write(2) call, because the kernel parses one write at a time and a
+buffered writer could split or merge values (cgroup.procs takes one pid per write).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentcg.errors import AgentcgError
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+# Files a child directory name must never shadow: interface files live in the same
+# directory as child cgroups, and a controller enabled later adds new "<ctrl>.*" files.
+_RESERVED_PREFIXES = (
+    "cgroup",
+    "cpu",
+    "cpuset",
+    "io",
+    "memory",
+    "pids",
+    "rdma",
+    "hugetlb",
+    "misc",
+    "dmem",
+)
+_RESERVED_NAME = re.compile(r"^(" + "|".join(_RESERVED_PREFIXES) + r")\.")
+_NAME_MAX = 255
+# cgroup v1 mount options that are not controller names.
+_V1_NON_CONTROLLER_OPTS = frozenset(
+    {"rw", "ro", "none", "noprefix", "clone_children", "xattr", "cpuset_v2_mode", "favordynmods"}
+)
+
+
+class CgroupError(AgentcgError):
+    """A cgroupfs operation failed; `errno` keeps the underlying OS error number, if any."""
+
+    def __init__(self, code: str, message: str, os_errno: int | None = None) -> None:
+        super().__init__(code, message)
+        self.errno = os_errno
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of /proc/self/mountinfo (only the fields we use)."""
+
+    mount_point: Path
+    root: str
+    fstype: str
+    source: str
+    super_options: frozenset[str]
+
+
+def _unescape_mount(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """Parse /proc/<pid>/mountinfo text (see proc(5)); malformed lines are skipped."""
+    mounts = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        lf = left.split()
+        rf = right.split()
+        if len(lf) < 5 or len(rf) < 3:
+            continue
+        mounts.append(
+            Mount(
+                mount_point=Path(_unescape_mount(lf[4])),
+                root=_unescape_mount(lf[3]),
+                fstype=rf[0],
+                source=_unescape_mount(rf[1]),
+                super_options=frozenset(rf[2].split(",")),
+            )
+        )
+    return mounts
+
+
+def find_cgroup2_mount(mountinfo_text: str | None = None) -> Path | None:
+    """Mount point of the cgroup2 filesystem, or None when it is not mounted.
+
+    Prefers a mount of the hierarchy's root ("/") over bind mounts of a subtree; on a
+    hybrid host this is e.g. /sys/fs/cgroup/unified.
+    """
+    text = MOUNTINFO.read_text() if mountinfo_text is None else mountinfo_text
+    cg2 = [m for m in parse_mountinfo(text) if m.fstype == "cgroup2"]
+    for m in cg2:
+        if m.root == "/":
+            return m.mount_point
+    return cg2[0].mount_point if cg2 else None
+
+
+def v1_controllers(mountinfo_text: str | None = None) -> dict[str, Path]:
+    """Controllers bound to cgroup v1 hierarchies -> their mount points."""
+    text = MOUNTINFO.read_text() if mountinfo_text is None else mountinfo_text
+    bound: dict[str, Path] = {}
+    for m in parse_mountinfo(text):
+        if m.fstype != "cgroup":
+            continue
+        for opt in m.super_options:
+            if opt not in _V1_NON_CONTROLLER_OPTS and "=" not in opt:
+                bound.setdefault(opt, m.mount_point)
+    return bound
+
+
+def parse_proc_cgroup(text: str) -> str | None:
+    """The cgroup v2 path from /proc/<pid>/cgroup text (the "0::" line), or None."""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            path = line[3:]
+            # A task whose cgroup was removed (possible for zombies) shows a suffix.
+            return path.removesuffix(" (deleted)")
+    return None
+
+
+def cgroup_path_of_pid(pid: int) -> str:
+    """The v2 cgroup path of `pid`, relative to the cgroup2 mount (e.g. "/agentcg/s1")."""
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except FileNotFoundError:
+        raise CgroupError(
+            "not_found", f"process {pid} does not exist; it may have exited", errno.ESRCH
+        ) from None
+    path = parse_proc_cgroup(text)
+    if path is None:
+        raise CgroupError(
+            "unavailable",
+            f"process {pid} has no cgroup v2 membership (no 0:: line in /proc/{pid}/cgroup); "
+            "mount cgroup2",
+        )
+    return path
+
+
+def parse_keyed(text: str) -> dict[str, int]:
+    """Parse a flat-keyed file ("key value" per line: cgroup.events, memory.stat, cpu.stat)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key and value:
+            out[key] = int(value)
+    return out
+
+
+def parse_pressure(text: str) -> dict[str, dict[str, float]]:
+    """Parse PSI text ("some avg10=0.00 avg60=0.00 avg300=0.00 total=0", "full ...").
+
+    Returns {"some": {"avg10": .., "avg60": .., "avg300": .., "total": ..}, "full": {...}};
+    "total" is cumulative stall time in microseconds (kept as float for one value type).
+    """
+    out: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        kind, *fields = line.split()
+        if not fields:
+            continue
+        out[kind] = {k: float(v) for k, _, v in (f.partition("=") for f in fields)}
+    return out
+
+
+def parse_max(text: str) -> int | None:
+    """Parse a single-value limit file: "max" -> None, else the integer."""
+    value = text.strip()
+    return None if value == "max" else int(value)
+
+
+def _fmt_limit(value: int | None) -> str:
+    if value is None:
+        return "max"
+    if isinstance(value, bool) or value < 0:
+        raise CgroupError(
+            "invalid_value", f"limit must be a non-negative integer or None, not {value!r}"
+        )
+    return str(value)
+
+
+def validate_child_name(name: str) -> None:
+    """Reject names that are not a single, unambiguous cgroup directory name."""
+    problem = None
+    if not name:
+        problem = "is empty"
+    elif "/" in name or "\0" in name or "\n" in name:
+        problem = "contains '/', NUL or a newline"
+    elif name.startswith("."):
+        problem = "starts with '.' (includes '.' and '..')"
+    elif _RESERVED_NAME.match(name):
+        problem = "clashes with cgroup interface file names (<controller>.<file>)"
+    elif len(name.encode()) > _NAME_MAX:
+        problem = f"is longer than {_NAME_MAX} bytes"
+    if problem:
+        raise CgroupError("invalid_value", f"bad cgroup name {name!r}: it {problem}; pick another")
+
+
+# --------------------------------------------------------------------------- cgroup
+
+
+class Cgroup:
+    """One cgroup v2 directory. Cheap to construct; nothing is touched until a method runs."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Cgroup({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Cgroup) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    @classmethod
+    def of_pid(cls, pid: int, mount: Path | None = None) -> Cgroup:
+        """The cgroup `pid` belongs to, under `mount` (default: the cgroup2 mount)."""
+        base = mount or find_cgroup2_mount()
+        if base is None:
+            raise CgroupError("unavailable", "cgroup2 is not mounted; mount it at /sys/fs/cgroup")
+        return cls(base / cgroup_path_of_pid(pid).lstrip("/"))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def child(self, name: str) -> Cgroup:
+        validate_child_name(name)
+        return Cgroup(self.path / name)
+
+    def children(self) -> list[Cgroup]:
+        """Direct child cgroups, sorted by name; [] if this cgroup does not exist."""
+        try:
+            entries = sorted(os.scandir(self.path), key=lambda e: e.name)
+        except FileNotFoundError:
+            return []
+        return [Cgroup(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+
+    def exists(self) -> bool:
+        return (self.path / "cgroup.procs").exists()
+
+    # ---- lifecycle
+
+    def create(self, exist_ok: bool = False) -> Cgroup:
+        try:
+            self.path.mkdir(exist_ok=exist_ok)
+        except OSError as e:
+            raise self._error(e, "create") from None
+        return self
+
+    def remove(self) -> None:
+        """rmdir this cgroup; it must have no processes and no children."""
+        try:
+            self.path.rmdir()
+        except OSError as e:
+            raise self._error(e, "remove") from None
+
+    def remove_tree(self, kill: bool = False, timeout: float = 5.0) -> None:
+        """Remove this cgroup and all descendants, deepest first.
+
+        With kill=True, populated cgroups are emptied with cgroup.kill and we wait (up to
+        `timeout` seconds in total) for the kernel to report them unpopulated; without it
+        a populated cgroup raises a "busy" CgroupError. A missing cgroup is not an error.
+        """
+        deadline = time.monotonic() + timeout
+        if not self.path.exists():
+            return
+        if kill and self.populated:
+            self.kill()
+            if not self.wait_populated(False, max(0.0, deadline - time.monotonic())):
+                raise CgroupError(
+                    "timeout",
+                    f"cgroup {self.path} still has processes {timeout:g}s after cgroup.kill; "
+                    "they may be stuck in uninterruptible sleep (check ps -o stat)",
+                )
+        for c in self._post_order():
+            try:
+                c.path.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise c._error(e, "remove") from None
+                # Exited tasks may linger briefly as zombies being reaped; retry until the
+                # deadline instead of failing on the first EBUSY.
+                c._rmdir_retry(deadline, e)
+
+    def _rmdir_retry(self, deadline: float, first: OSError) -> None:
+        err = first
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError as e:
+                err = e
+        raise self._error(err, "remove")
+
+    def _post_order(self) -> Iterator[Cgroup]:
+        for c in self.children():
+            yield from c._post_order()
+        yield self
+
+    # ---- raw file access
+
+    def read(self, file: str) -> str:
+        try:
+            return (self.path / file).read_text()
+        except OSError as e:
+            raise self._error(e, f"read {file} of") from None
+
+    def read_int(self, file: str) -> int | None:
+        """Read a single-value file; "max" -> None."""
+        return parse_max(self.read(file))
+
+    def read_keyed(self, file: str) -> dict[str, int]:
+        return parse_keyed(self.read(file))
+
+    def write(self, file: str, value: str | int) -> None:
+        data = str(value).encode()
+        try:
+            fd = os.open(self.path / file, os.O_WRONLY)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise self._error(e, f"write {str(value)!r} to {file} of") from None
+
+    def has_file(self, file: str) -> bool:
+        return (self.path / file).exists()
+
+    # ---- controllers
+
+    def controllers(self) -> frozenset[str]:
+        """Controllers available in this cgroup (cgroup.controllers)."""
+        return frozenset(self.read("cgroup.controllers").split())
+
+    def subtree_control(self) -> frozenset[str]:
+        """Controllers enabled for this cgroup's children (cgroup.subtree_control)."""
+        return frozenset(self.read("cgroup.subtree_control").split())
+
+    def enable_controllers(self, names: Iterable[str]) -> None:
+        """Enable controllers for children, e.g. ["memory", "cpu", "pids"].
+
+        The no-internal-process rule: a non-root cgroup may distribute a domain
+        controller (memory, io, ...) to its children only while it has no processes of its
+        own; the kernel answers EBUSY otherwise. Processes must live in leaves, so move
+        them into a child first. The root cgroup is exempt.
+        """
+        wanted = sorted(set(names))
+        missing = [n for n in wanted if n not in self.controllers()]
+        if missing:
+            raise CgroupError(
+                "unavailable",
+                f"controllers {' '.join(missing)} are not available in {self.path}; "
+                "enable them in the parent's cgroup.subtree_control (or they are bound to "
+                "cgroup v1)",
+            )
+        try:
+            self.write("cgroup.subtree_control", " ".join("+" + n for n in wanted))
+        except CgroupError as e:
+            if e.errno == errno.EBUSY:
+                raise CgroupError(
+                    "busy",
+                    f"cannot enable controllers in {self.path}: it has processes "
+                    "(no-internal-process rule); move them into a leaf first",
+                    errno.EBUSY,
+                ) from None
+            raise
+
+    def disable_controllers(self, names: Iterable[str]) -> None:
+        self.write("cgroup.subtree_control", " ".join("-" + n for n in sorted(set(names))))
+
+    # ---- limits (None means "max": no limit)
+
+    def set_memory_high(self, value: int | None) -> None:
+        self.write("memory.high", _fmt_limit(value))
+
+    def set_memory_max(self, value: int | None) -> None:
+        self.write("memory.max", _fmt_limit(value))
+
+    def set_memory_low(self, value: int) -> None:
+        self.write("memory.low", _fmt_limit(value))
+
+    def set_memory_min(self, value: int) -> None:
+        self.write("memory.min", _fmt_limit(value))
+
+    def set_memory_swap_max(self, value: int | None) -> None:
+        self.write("memory.swap.max", _fmt_limit(value))
+
+    def set_cpu_weight(self, weight: int) -> None:
+        if isinstance(weight, bool) or not 1 <= weight <= 10000:
+            raise CgroupError("invalid_value", f"cpu.weight must be 1..10000, not {weight!r}")
+        self.write("cpu.weight", str(weight))
+
+    def set_cpu_max(self, value: tuple[int, int] | None) -> None:
+        """(quota_us, period_us) per period, or None for no CPU cap."""
+        if value is None:
+            self.write("cpu.max", "max")
+            return
+        quota, period = value
+        if quota < 1000 or not 1000 <= period <= 1_000_000:
+            raise CgroupError(
+                "invalid_value",
+                f"cpu.max needs quota >= 1000us and period 1000..1000000us, not {value!r}",
+            )
+        self.write("cpu.max", f"{quota} {period}")
+
+    def set_pids_max(self, value: int | None) -> None:
+        self.write("pids.max", _fmt_limit(value))
+
+    # ---- stats
+
+    def events(self) -> dict[str, int]:
+        """cgroup.events: {"populated": 0|1, "frozen": 0|1}."""
+        return self.read_keyed("cgroup.events")
+
+    def memory_events(self) -> dict[str, int]:
+        """memory.events: low, high, max, oom, oom_kill, oom_group_kill, ..."""
+        return self.read_keyed("memory.events")
+
+    def memory_stat(self) -> dict[str, int]:
+        return self.read_keyed("memory.stat")
+
+    def cpu_stat(self) -> dict[str, int]:
+        """cpu.stat: usage_usec, user_usec, system_usec, nr_throttled, throttled_usec, ..."""
+        return self.read_keyed("cpu.stat")
+
+    def memory_current(self) -> int:
+        return int(self.read("memory.current"))
+
+    def memory_peak(self) -> int | None:
+        """memory.peak, or None on kernels without it (before 5.19)."""
+        if not self.has_file("memory.peak"):
+            return None
+        return int(self.read("memory.peak").split()[0])
+
+    def pids_current(self) -> int:
+        return int(self.read("pids.current"))
+
+    def pressure(self, resource: str = "memory") -> dict[str, dict[str, float]]:
+        """<resource>.pressure (memory, cpu, io, irq) parsed by parse_pressure()."""
+        return parse_pressure(self.read(f"{resource}.pressure"))
+
+    # ---- processes
+
+    def procs(self) -> list[int]:
+        return [int(p) for p in self.read("cgroup.procs").split()]
+
+    def add_process(self, pid: int) -> None:
+        """Move process `pid` (all its threads) into this cgroup."""
+        self.write("cgroup.procs", str(pid))
+
+    @property
+    def populated(self) -> bool:
+        return self.events().get("populated", 0) == 1
+
+    @property
+    def frozen(self) -> bool:
+        return self.events().get("frozen", 0) == 1
+
+    def freeze(self) -> None:
+        self.write("cgroup.freeze", "1")
+
+    def thaw(self) -> None:
+        self.write("cgroup.freeze", "0")
+
+    def wait_frozen(self, timeout: float, frozen: bool = True) -> bool:
+        """Poll cgroup.events until "frozen" equals `frozen`; False on timeout.
+
+        Freezing is asynchronous: every task must reach the freezer trap first.
+        """
+        return self._wait_event("frozen", frozen, timeout)
+
+    def wait_populated(self, populated: bool, timeout: float) -> bool:
+        """Poll cgroup.events until "populated" equals `populated`; False on timeout."""
+        return self._wait_event("populated", populated, timeout)
+
+    def _wait_event(self, key: str, want: bool, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            if (self.events().get(key, 0) == 1) == want:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def kill(self) -> None:
+        """SIGKILL every process in this cgroup and its descendants (cgroup.kill, 5.14+)."""
+        if not self.has_file("cgroup.kill"):
+            raise CgroupError(
+                "unavailable",
+                f"{self.path} has no cgroup.kill; the kernel needs to be 5.14 or newer",
+            )
+        self.write("cgroup.kill", "1")
+
+    # ---- identity
+
+    @property
+    def inode(self) -> int:
+        """st_ino of the directory: on 64-bit kernels this is the kernel cgroup id that
+        bpf_get_current_cgroup_id() returns for tasks in this cgroup."""
+        try:
+            return os.stat(self.path).st_ino
+        except OSError as e:
+            raise self._error(e, "stat") from None
+
+    cgroup_id = inode
+
+    # ---- errors
+
+    def _error(self, e: OSError, action: str) -> CgroupError:
+        en = e.errno
+        what = f"cannot {action} cgroup {self.path}: {os.strerror(en) if en else e}"
+        if en == errno.ENOENT:
+            return CgroupError("not_found", f"{what}; it (or the file) does not exist", en)
+        if en == errno.EEXIST:
+            return CgroupError("conflict", f"{what}; pass exist_ok=True to reuse it", en)
+        if en == errno.EBUSY:
+            hint = "it still has processes or child cgroups; kill or move them first"
+            return CgroupError("busy", f"{what}; {hint}", en)
+        if en in (errno.EACCES, errno.EPERM):
+            return CgroupError(
+                "unauthorized", f"{what}; run as root or get this subtree delegated to you", en
+            )
+        if en == errno.ESRCH:
+            return CgroupError("not_found", f"{what}; the process has exited", en)
+        if en in (errno.EINVAL, errno.ERANGE):
+            return CgroupError("invalid_value", f"{what}; the kernel rejected the value", en)
+        if en == errno.EOPNOTSUPP:
+            return CgroupError(
+                "unavailable", f"{what}; the controller is not enabled for this cgroup", en
+            )
+        return CgroupError("internal", f"{what}; check dmesg", en)

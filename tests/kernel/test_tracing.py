@@ -1,0 +1,43 @@
+"""The bcc exec tracer on the real kernel: an exec inside a known cgroup carries its id."""
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from agentcg.cgroup import Cgroup
+from agentcg.tracing import ExecTracer
+from tests.kernel.cgroup_fixture import scratch_cgroup
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def cgroup_base():
+    with scratch_cgroup() as base:
+        yield base
+
+
+def test_exec_is_seen_with_its_cgroup_id(cgroup_base):
+    leaf = cgroup_base.child("trace").create()
+    # Compiling takes tens of seconds under TCG; one tracer for the whole test.
+    with ExecTracer() as tracer:
+        # sh execs before it is moved (event in our cgroup), then waits for a line and
+        # execs /bin/true from inside the leaf.
+        p = subprocess.Popen(["sh", "-c", "read _; exec /bin/true"], stdin=subprocess.PIPE)
+        leaf.add_process(p.pid)
+        p.communicate(b"\n", timeout=60)
+        assert p.returncode == 0
+        seen = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            seen += [e for e in tracer.poll(200) if e.pid == p.pid]
+            if any(e.comm == "true" for e in seen):
+                break
+    by_comm = {e.comm: e for e in seen}
+    assert "true" in by_comm, f"no exec of /bin/true seen; got {seen}"
+    assert by_comm["true"].cgroup_id == leaf.cgroup_id
+    assert by_comm["true"].ppid == os.getpid()
+    assert by_comm["sh"].cgroup_id == Cgroup.of_pid(os.getpid()).cgroup_id
+    assert by_comm["sh"].cgroup_id != leaf.cgroup_id
