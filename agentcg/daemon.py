@@ -31,8 +31,9 @@ from agentcg.config import Config
 from agentcg.errors import AgentcgError
 from agentcg.intent import Intent, parse_intent
 from agentcg.peer import Peer, is_descendant
-from agentcg.policy import CallLimits, Outcome, advise, decide
+from agentcg.policy import CallLimits, Outcome, advise, cpu_quota, decide, format_size
 from agentcg.protocol import PROTOCOL_VERSION, Request, negotiate_version
+from agentcg.protocol import event as protocol_event
 from agentcg.watch import Watcher
 
 log = logging.getLogger("agentcg.daemon")
@@ -296,8 +297,8 @@ class Daemon:
         if memory is not None and caps.max_memory is not None and memory > caps.max_memory:
             raise _err(
                 "limit_exceeded",
-                f"session memory {memory} exceeds the configured cap "
-                f"{caps.max_memory}; ask for less",
+                f"session memory {format_size(memory)} exceeds the configured cap "
+                f"{format_size(caps.max_memory)}; ask for less",
             )
         sess = Session(
             name=name,
@@ -316,7 +317,7 @@ class Daemon:
             scg.set_memory_max(sess.memory)
             scg.set_pids_max(sess.pids)
             if sess.cpu is not None:
-                scg.set_cpu_max((int(sess.cpu * 100_000), 100_000))
+                scg.set_cpu_max(cpu_quota(sess.cpu))
             scg.child("agent").create()
             tools = scg.child("tools").create()
             tools.enable_controllers(CONTROLLERS)
@@ -568,7 +569,7 @@ class Daemon:
 
     def _push(self, call: Call, name: str, data: dict[str, Any]) -> None:
         if call.conn is not None:
-            call.conn.push({"event": name, "call": call.id, "data": data})
+            call.conn.push(protocol_event(name, call.id, data))
 
     def _orphan_timeout(self, call_id: str) -> None:
         call = self.calls.get(call_id)

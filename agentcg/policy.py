@@ -54,6 +54,11 @@ def retry_size(peak: int, at_least: int = 0) -> int:
     return math.ceil(want / RETRY_STEP) * RETRY_STEP
 
 
+def cpu_quota(cores: float) -> tuple[int, int]:
+    """cpu.max for a limit in cores, clamped to the kernel's 1 ms minimum quota."""
+    return max(MIN_CPU_QUOTA_US, math.ceil(cores * CPU_PERIOD_US)), CPU_PERIOD_US
+
+
 def _page_up(n: float) -> int:
     return math.ceil(n / PAGE) * PAGE
 
@@ -111,10 +116,7 @@ def decide(
         # same priority; doubling keeps the priority ordering mostly intact.
         weight = min(weight * 2, MAX_CPU_WEIGHT)
 
-    cpu_max = None
-    if intent.cpu is not None:
-        quota = max(MIN_CPU_QUOTA_US, math.ceil(intent.cpu * CPU_PERIOD_US))
-        cpu_max = (quota, CPU_PERIOD_US)
+    cpu_max = None if intent.cpu is None else cpu_quota(intent.cpu)
 
     return CallLimits(
         memory_high=high,
