@@ -1,0 +1,516 @@
+"""`agentcg bench toolcall`: what one tool call costs through agentcg, side by side.
+
+Variants run interleaved round-robin (the order rotates every round), so machine
+noise (and, in the test VM, software emulation) hits all of them alike:
+
+- ``none``: no isolation, ``subprocess.run(["/bin/true"])`` (the bare process cost);
+- ``raw``: the same cgroup work done directly from Python: mkdir a leaf, write
+  memory.high + memory.max, spawn the tool with a preexec_fn that writes its pid into
+  the leaf's cgroup.procs, wait, rmdir;
+- ``agentcg``: the real daemon over its socket with the SDK,
+  ``with client.tool_call(...) as call: call.run([...])`` (begin, attach, exec, end,
+  outcome).
+
+Absolute milliseconds depend on the machine (the test VM is 10-50x slower than bare
+metal), so the report leads with ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import math
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+TOOL = ["/bin/true"]
+MEMORY_HIGH = 256 * 1024**2  # the agentcg variant asks for memory="256M"
+MEMORY_MAX = MEMORY_HIGH * 5 // 4  # the daemon's default call.memory_headroom of 1.25
+LABEL = "bench"
+
+VARIANTS = ("none", "raw", "agentcg")
+VARIANT_TITLES = {
+    "none": "no isolation (fork+exec+wait)",
+    "raw": "raw kernel (mkdir..rmdir)",
+    "agentcg": "agentcg (SDK via daemon)",
+}
+RATIOS = (("agentcg", "raw"), ("agentcg", "none"), ("raw", "none"))
+REFERENCE_NOTE = (
+    "reference: the prototype's bash wrapper cost 1-4 ms per call (cgroup create + "
+    "cleanup) on bare metal; compare ratios, not absolute ms, across machines."
+)
+DAEMON_START_TIMEOUT_S = 120.0  # the daemon's imports alone take seconds under TCG
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between closest ranks.
+
+    Same definition as numpy's default ("linear"): rank = q/100 * (n - 1).
+    """
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q must be within 0..100, not {q!r}")
+    s = sorted(values)
+    rank = q / 100 * (len(s) - 1)
+    lo = math.floor(rank)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (rank - lo)
+
+
+def summarize(samples_s: Sequence[float]) -> dict[str, float | int]:
+    """Latency summary of one variant from per-call durations in seconds."""
+    total = sum(samples_s)
+    return {
+        "n": len(samples_s),
+        "p50_ms": round(percentile(samples_s, 50) * 1e3, 3),
+        "p95_ms": round(percentile(samples_s, 95) * 1e3, 3),
+        "p99_ms": round(percentile(samples_s, 99) * 1e3, 3),
+        "mean_ms": round(total / len(samples_s) * 1e3, 3),
+        "min_ms": round(min(samples_s) * 1e3, 3),
+        "max_ms": round(max(samples_s) * 1e3, 3),
+        # Sequential calls back to back: calls/s of one agent issuing them one by one.
+        "calls_per_s": round(len(samples_s) / total, 2) if total > 0 else 0.0,
+    }
+
+
+def ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b > 0 else None
+
+
+def ratios(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """{"agentcg/raw": {"p50": x, "p99": y}, ...} for the pairs in RATIOS present in stats."""
+    out: dict[str, dict[str, float | None]] = {}
+    for a, b in RATIOS:
+        if a in stats and b in stats:
+            out[f"{a}/{b}"] = {
+                q: ratio(stats[a][f"{q}_ms"], stats[b][f"{q}_ms"]) for q in ("p50", "p99")
+            }
+    return out
+
+
+def overhead_ms(stats: dict[str, dict[str, Any]], over: str = "raw") -> dict[str, float] | None:
+    """How many ms agentcg adds over `over`, at p50 and p99."""
+    if "agentcg" not in stats or over not in stats:
+        return None
+    return {
+        q: round(stats["agentcg"][f"{q}_ms"] - stats[over][f"{q}_ms"], 3) for q in ("p50", "p99")
+    }
+
+
+def _fmt_ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def _fmt_ms(x: float) -> str:
+    return f"{x:+.1f} ms" if abs(x) >= 10 else f"{x:+.2f} ms"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable report (the `text` key) from the JSON-able report dict."""
+    stats: dict[str, dict[str, Any]] = report["variants"]
+    env = report.get("environment", {})
+    lines = [
+        f"agentcg bench toolcall: {report['calls']} calls per variant "
+        f"(+{report.get('warmup', 0)} warm-up), interleaved round-robin, "
+        f"tool {' '.join(report.get('tool', TOOL))}",
+    ]
+    if env:
+        lines.append(
+            f"kernel {env.get('kernel', '?')}, {env.get('cpus', '?')} CPUs, "
+            f"python {env.get('python', '?')}, daemon: {report.get('daemon', '?')}"
+        )
+    lines += ["", f"{'variant':<32}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'calls/s':>10}"]
+    for name in VARIANTS:
+        if name in stats:
+            s = stats[name]
+            lines.append(
+                f"{VARIANT_TITLES[name]:<32}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}"
+                f"{s['p99_ms']:>9.2f}{s['calls_per_s']:>10.1f}"
+            )
+    rs = report.get("ratios") or {}
+    if rs:
+        lines += ["", f"{'ratio':<32}{'p50':>9}{'p99':>9}"]
+        for key, r in rs.items():
+            lines.append(f"{key:<32}{_fmt_ratio(r['p50']):>9}{_fmt_ratio(r['p99']):>9}")
+    ov = report.get("overhead_over_raw_ms")
+    if ov:
+        lines += [
+            "",
+            f"agentcg overhead over raw: {_fmt_ms(ov['p50'])} at p50, {_fmt_ms(ov['p99'])} at p99",
+        ]
+    tp = report.get("throughput")
+    if tp:
+        lines += ["", f"throughput, {tp['clients']} concurrent clients ({tp['calls']} calls each):"]
+        for name in VARIANTS:
+            if name in tp["calls_per_s"]:
+                lines.append(
+                    f"  {VARIANT_TITLES[name]:<30}{tp['calls_per_s'][name]:>10.1f} calls/s"
+                )
+        for key, r in (tp.get("ratios") or {}).items():
+            lines.append(f"  {key + ' (calls/s)':<30}{_fmt_ratio(r):>10}")
+    lines += ["", REFERENCE_NOTE]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+def _run_none() -> None:
+    rc = subprocess.run(TOOL, check=False).returncode
+    if rc != 0:
+        raise RuntimeError(f"{TOOL[0]} exited {rc}")
+
+
+class RawCgroups:
+    """The raw-kernel variant: our own leaf per call under a private parent cgroup."""
+
+    def __init__(self, mount: Path, tag: str) -> None:
+        self.mount = mount
+        self.parent = mount / f"agentcg-bench-{tag}-raw"
+        self._seq = itertools.count(1)  # thread-safe enough under the GIL
+
+    def setup(self) -> None:
+        from agentcg.cgroup import Cgroup
+
+        root = Cgroup(self.mount)
+        if "memory" not in root.subtree_control():
+            root.enable_controllers(["memory"])  # the root cgroup may do so with processes in it
+        parent = Cgroup(self.parent).create()
+        parent.enable_controllers(["memory"])
+
+    def cleanup(self) -> None:
+        from agentcg.cgroup import Cgroup
+
+        Cgroup(self.parent).remove_tree(kill=True, timeout=10)
+
+    def leaf(self) -> Path:
+        return self.parent / f"t{os.getpid()}_{next(self._seq)}"
+
+    def run(self, argv: Sequence[str] = TOOL, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        leaf = self.leaf()
+        os.mkdir(leaf)
+        try:
+            _write(leaf / "memory.high", b"%d" % MEMORY_HIGH)
+            _write(leaf / "memory.max", b"%d" % MEMORY_MAX)
+            procs = str(leaf / "cgroup.procs")
+
+            def enter() -> None:  # between fork and exec: raw syscalls only
+                fd = os.open(procs, os.O_WRONLY)
+                os.write(fd, b"0")  # "0" is the writing process itself
+                os.close(fd)
+
+            proc = subprocess.run(argv, preexec_fn=enter, check=False, **kwargs)
+        finally:
+            _rmdir(leaf)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{argv[0]} exited {proc.returncode} in the raw variant")
+        return proc
+
+
+def _write(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _rmdir(path: Path, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            # A reaped task may take a moment to leave the css_set; then EBUSY.
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
+
+
+def _agentcg_call(client: Any, argv: Sequence[str] = TOOL, **kwargs: Any) -> Any:
+    with client.tool_call(memory="256M", label=LABEL) as call:
+        proc = call.run(list(argv), **kwargs)
+    if proc.returncode != 0 or call.outcome is None:
+        raise RuntimeError(f"{argv[0]} exited {proc.returncode} in the agentcg variant")
+    return call, proc
+
+
+# ----------------------------------------------------------------------------- daemon
+
+
+class OwnDaemon:
+    """A daemon started for this run (like tests/kernel/daemon_fixture.py), then removed."""
+
+    def __init__(self, mount: Path, tag: str) -> None:
+        self.root = mount / f"agentcg-bench-{tag}"
+        self.run_dir = Path(f"/run/agentcg-bench-{tag}")
+        self.socket = self.run_dir / "agentcg.sock"
+        self.config = self.run_dir / "agentcg.toml"
+        self.log = self.run_dir / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.run_dir.mkdir(mode=0o700)
+        # The default 200 requests/s per connection would throttle a fast machine.
+        self.config.write_text(
+            f'[daemon]\nroot = "{self.root}"\nsocket = "{self.socket}"\n'
+            f'state_dir = "{self.run_dir}"\nmax_requests_per_second = 1000000\n'
+        )
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agentcg.cli", "daemon", "--config", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the bench daemon did not start:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no daemon log)"
+
+    def stop(self) -> None:
+        from agentcg.cgroup import Cgroup
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        try:
+            Cgroup(self.root).remove_tree(kill=True, timeout=10)
+        finally:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _daemon(mount: Path, tag: str) -> Iterator[tuple[str, str]]:
+    """(socket path, description): $AGENTCG_SOCKET if set, else a daemon of our own."""
+    external = os.environ.get("AGENTCG_SOCKET")
+    if external:
+        yield external, f"external ($AGENTCG_SOCKET={external})"
+        return
+    d = OwnDaemon(mount, tag)
+    try:
+        d.start()
+        yield str(d.socket), "own (started for this run)"
+    finally:
+        d.stop()
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _check_placement(raw: RawCgroups, client: Any, mount: Path) -> None:
+    """Once, before timing: both isolated variants really put the tool in its leaf."""
+    out = raw.run(["cat", "/proc/self/cgroup"], stdout=subprocess.PIPE, text=True).stdout
+    if f"0::/{raw.parent.relative_to(mount)}/" not in out:
+        raise RuntimeError(f"raw variant: the tool ran in the wrong cgroup: {out.strip()}")
+    call, proc = _agentcg_call(
+        client, ["cat", "/proc/self/cgroup"], stdout=subprocess.PIPE, text=True
+    )
+    want = "0::/" + str(Path(call.info["cgroup"]).relative_to(mount))
+    if want not in proc.stdout.splitlines():
+        raise RuntimeError(f"agentcg variant: tool in {proc.stdout.strip()}, expected {want}")
+
+
+def _interleaved(
+    runners: dict[str, Callable[[], object]], calls: int, warmup: int
+) -> dict[str, list[float]]:
+    names = list(runners)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(warmup + calls):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:  # rotate so no variant always goes first
+            t0 = time.perf_counter()
+            runners[name]()
+            dt = time.perf_counter() - t0
+            if i >= warmup:
+                samples[name].append(dt)
+    return samples
+
+
+def _concurrent(runners: Sequence[Callable[[], object]], per_client: int) -> float:
+    """Run `per_client` calls in each runner's own thread, all at once; wall seconds."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(runners) + 1)
+
+    def work(run: Callable[[], object]) -> None:
+        barrier.wait()
+        try:
+            for _ in range(per_client):
+                run()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in runners]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
+def _throughput(
+    make_runner: dict[str, Callable[[], Callable[[], object]]], clients: int, calls: int
+) -> dict[str, float]:
+    """calls/s with `clients` threads, each with its own runner, doing `calls` calls each.
+
+    Two alternating rounds of half the calls each, so drift hits every variant alike.
+    """
+    elapsed = dict.fromkeys(make_runner, 0.0)
+    done = dict.fromkeys(make_runner, 0)
+    halves = [calls // 2, calls - calls // 2]
+    for rnd, per_client in enumerate(halves):
+        order = list(make_runner) if rnd % 2 == 0 else list(reversed(make_runner))
+        for name in order:
+            runners = [make_runner[name]() for _ in range(clients)]
+            try:
+                elapsed[name] += _concurrent(runners, per_client)
+            finally:
+                for r in runners:
+                    close = getattr(r, "close", None)
+                    if close:
+                        close()
+            done[name] += clients * per_client
+    return {n: round(done[n] / elapsed[n], 2) if elapsed[n] > 0 else 0.0 for n in make_runner}
+
+
+class _ClientRunner:
+    """One agent: its own connection, one tool call per invocation."""
+
+    def __init__(self, path: str) -> None:
+        from agentcg.client import Client
+
+        self.client = Client(path)
+
+    def __call__(self) -> None:
+        _agentcg_call(self.client)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _environment() -> dict[str, Any]:
+    return {
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "in_test_vm": os.environ.get("AGENTCG_IN_VM") == "1",
+    }
+
+
+def _progress(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def toolcall(calls: int, clients: int = 4, warmup: int | None = None) -> dict[str, Any]:
+    """Run the tool-call benchmark (as root, on a host with cgroup v2 controllers).
+
+    Returns a JSON-able report; its "text" key is the human-readable table.
+    `clients` > 1 adds a throughput run with that many concurrent agents (0 skips it).
+    """
+    from agentcg.cgroup import find_cgroup2_mount
+    from agentcg.client import Client
+
+    if calls < 1:
+        raise ValueError("calls must be at least 1")
+    if os.geteuid() != 0:
+        raise PermissionError("agentcg bench toolcall needs root (it creates cgroups)")
+    mount = find_cgroup2_mount()
+    if mount is None or not (mount / "cgroup.controllers").exists():
+        raise RuntimeError("no cgroup v2 hierarchy is mounted: run `agentcg doctor`")
+    if "memory" not in (mount / "cgroup.controllers").read_text().split():
+        raise RuntimeError(
+            f"{mount} has no memory controller (bound to cgroup v1?): run `agentcg doctor`, "
+            "or run the bench in the test VM (scripts/bench-vm)"
+        )
+    warmup = max(1, min(10, calls // 10)) if warmup is None else warmup
+    tag = secrets.token_hex(4)
+    raw = RawCgroups(mount, tag)
+    t_start = time.time()
+    with _daemon(mount, tag) as (sock, daemon_desc):
+        raw.setup()
+        try:
+            with Client(sock) as client:
+                _check_placement(raw, client, mount)
+                _progress(f"{calls} calls x {len(VARIANTS)} variants, interleaved")
+                samples = _interleaved(
+                    {
+                        "none": _run_none,
+                        "raw": raw.run,
+                        "agentcg": lambda: _agentcg_call(client),
+                    },
+                    calls,
+                    warmup,
+                )
+            throughput = None
+            if clients > 1:
+                _progress(f"throughput: {clients} concurrent clients x {calls} calls")
+                tp = _throughput(
+                    {
+                        "none": lambda: _run_none,
+                        "raw": lambda: raw.run,
+                        "agentcg": lambda: _ClientRunner(sock),
+                    },
+                    clients,
+                    calls,
+                )
+                throughput = {
+                    "clients": clients,
+                    "calls": calls,
+                    "calls_per_s": tp,
+                    "ratios": {f"{a}/{b}": ratio(tp[a], tp[b]) for a, b in RATIOS},
+                }
+        finally:
+            raw.cleanup()
+    stats = {name: summarize(samples[name]) for name in VARIANTS}
+    report: dict[str, Any] = {
+        "bench": "toolcall",
+        "calls": calls,
+        "warmup": warmup,
+        "tool": TOOL,
+        "intent": {"memory": "256M", "label": LABEL},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
+        "duration_s": round(time.time() - t_start, 1),
+        "environment": _environment(),
+        "daemon": daemon_desc,
+        "variants": stats,
+        "ratios": ratios(stats),
+        "overhead_over_raw_ms": overhead_ms(stats),
+        "throughput": throughput,
+        "reference": REFERENCE_NOTE,
+    }
+    report["text"] = format_report(report)
+    return report
