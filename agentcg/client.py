@@ -32,6 +32,10 @@ DEFAULT_SOCKET = "/run/agentcg/agentcg.sock"
 RECONNECT_WINDOW_S = 60.0  # how long to wait for a restarting daemon
 
 
+class _NotSent(AgentcgError):
+    """The request never reached the daemon."""
+
+
 def socket_path() -> str:
     return os.environ.get("AGENTCG_SOCKET", DEFAULT_SOCKET)
 
@@ -53,8 +57,10 @@ class Client:
         self._lock = threading.Lock()
         self._calls: dict[str, ToolCall] = {}
         self._closed = False
+        self._connected = threading.Event()  # cleared while reconnecting to a restarted daemon
         self._sock = self._connect()
-        self.server = self.request("hello", version=PROTOCOL_VERSION, client="agentcg-py")
+        self.server = self._request("hello", {"version": PROTOCOL_VERSION, "client": "agentcg-py"})
+        self._connected.set()
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -88,6 +94,7 @@ class Client:
         for q in waiting:
             q.put(None)  # wake requests whose answer will never come
         if not self._closed and sock is self._sock:
+            self._connected.clear()
             self._reconnect()
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
@@ -108,14 +115,47 @@ class Client:
         while not self._closed and time.monotonic() < deadline:
             try:
                 self._sock = self._connect()
-                self.request("hello", version=PROTOCOL_VERSION, client="agentcg-py")
+                self._request("hello", {"version": PROTOCOL_VERSION, "client": "agentcg-py"})
                 for call in list(self._calls.values()):
-                    self.request("call.claim", call=call.id, token=call.token)
+                    self._claim(call)
+                self._connected.set()
                 return
             except AgentcgError:
+                with contextlib.suppress(OSError):
+                    self._sock.close()
                 time.sleep(0.2)
 
+    def _claim(self, call: ToolCall) -> None:
+        try:
+            self._request("call.claim", {"call": call.id, "token": call.token})
+        except _NotSent:
+            raise
+        except AgentcgError as e:
+            if e.code != "not_found":
+                raise
+            # It finished while the daemon was down; the restarted daemon removed it.
+            self._calls.pop(call.id, None)
+
     def request(self, op: str, **args: Any) -> dict[str, Any]:
+        """Send one request and wait for its answer; raises AgentcgError."""
+        for attempt in range(2):
+            if not self._connected.wait(RECONNECT_WINDOW_S):
+                raise AgentcgError(
+                    "unavailable",
+                    f"the agentcg daemon at {self.path} did not come "
+                    "back; check `systemctl status agentcg`",
+                )
+            try:
+                return self._request(op, args)
+            except _NotSent:
+                # The daemon went away before our reader noticed; nothing was
+                # processed, so one retry after the reconnect is safe.
+                if attempt:
+                    raise
+                time.sleep(0.1)
+        raise AssertionError("unreachable")
+
+    def _request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         rid = next(self._ids)
         q: queue.Queue[dict[str, Any] | None] = queue.Queue()
         frame = json.dumps({"v": PROTOCOL_VERSION, "id": rid, "op": op, "args": args}).encode()
@@ -125,7 +165,7 @@ class Client:
             try:
                 self._sock.sendall(frame + b"\n")
             except OSError as e:
-                raise AgentcgError(
+                raise _NotSent(
                     "unavailable", f"lost the agentcg daemon ({e.strerror}); retry when it is back"
                 ) from e
             try:

@@ -102,9 +102,14 @@ class Server:
         conn = Connection(peer, push)
         try:
             await self._loop(conn, reader, writer)
+        except (ConnectionError, OSError):
+            pass  # the peer vanished mid-reply; its calls are cleaned up below
         finally:
             self.active -= 1
-            await self.daemon.connection_lost(conn)
+            try:
+                await self.daemon.connection_lost(conn)
+            except Exception:  # the socket must still be closed, and the bug seen
+                log.exception("cleaning up after pid %d failed", peer.pid)
             writer.close()
             with contextlib.suppress(OSError, ConnectionError):
                 await writer.wait_closed()
@@ -125,20 +130,23 @@ class Server:
                 tokens + (now - last) * self.cfg.max_requests_per_second,
             )
             last = now
+            rid: int | str | None = None
             try:
                 req = protocol.parse_request(line, self.cfg.max_frame, require_version=first)
+                rid = req.id
                 if tokens < 1:
                     raise AgentcgError("busy", "too many requests on this connection; slow down")
                 tokens -= 1
+                log.debug("pid %d uid %d: %s %s", conn.peer.pid, conn.peer.uid, req.op, req.args)
                 result = await self.daemon.handle(conn, req)
                 reply = protocol.ok(req.id, result)
                 first = False
             except AgentcgError as e:
-                reply = protocol.err(e.request_id, e)
+                reply = protocol.err(rid if rid is not None else e.request_id, e)
             except Exception as e:  # a bug must cost one request, not the daemon
                 log.exception("internal error")
                 reply = protocol.err(
-                    None,
+                    rid,
                     AgentcgError(
                         "internal", f"internal error ({type(e).__name__}); see the daemon log"
                     ),

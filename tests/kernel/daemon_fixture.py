@@ -35,7 +35,7 @@ class RunningDaemon:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agentcg.cli", "daemon", "--config", str(self.config)],
+            [sys.executable, "-m", "agentcg.cli", "daemon", "-v", "--config", str(self.config)],
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
         )
@@ -61,14 +61,20 @@ class RunningDaemon:
 
     def cleanup(self) -> None:
         self.stop()
+        # Shown by pytest when the test failed.
+        print(f"--- daemon log {self.log}\n{self.log.read_text(errors='replace')[-6000:]}")
         if self.root.exists():
             # Put the test process back where it can be removed from.
             self.root.remove_tree(kill=True, timeout=10)
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
-    d = RunningDaemon(tmp_path)
+def daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningDaemon]:
+    """A fresh daemon. Tune it with indirect parametrization: the param is extra TOML
+    lines for its [daemon] table, e.g. ``parametrize("daemon", ["frame_timeout_s = 2"],
+    indirect=True)``."""
+    extra = getattr(request, "param", "")
+    d = RunningDaemon(tmp_path, extra + "\n" if extra else "")
     d.start()
     yield d
     d.cleanup()
