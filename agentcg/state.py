@@ -2,7 +2,9 @@
 
 cgroupfs is the source of truth for what exists; this file adds what cgroupfs
 cannot hold (owners, tokens, intents) so a restarted daemon can re-authorize
-the agents that reconnect. Written atomically: tmp file, fsync, rename.
+the agents that reconnect. Written atomically (tmp file, rename) on every
+change. No fsync: it lives on /run (tmpfs) and must survive a daemon crash,
+which the page cache does; after a reboot there are no calls left to recover.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ def save(path: Path, sessions: dict[str, Any], calls: dict[str, Any]) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, body)
-        os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
