@@ -31,7 +31,15 @@ from agentcg.config import Config
 from agentcg.errors import AgentcgError
 from agentcg.intent import Intent, parse_intent
 from agentcg.peer import Peer, is_descendant
-from agentcg.policy import CallLimits, Outcome, advise, cpu_quota, decide, format_size
+from agentcg.policy import (
+    CallLimits,
+    Outcome,
+    advise,
+    cpu_quota,
+    decide,
+    format_size,
+    suggested_memory,
+)
 from agentcg.protocol import PROTOCOL_VERSION, Request, negotiate_version
 from agentcg.protocol import event as protocol_event
 from agentcg.watch import Watcher
@@ -657,6 +665,7 @@ class Daemon:
             advice=None,
         )
         outcome.advice = advise(outcome, call.limits, call.intent)
+        outcome.suggested_memory = suggested_memory(outcome, call.limits)
         return outcome
 
     # ---------------------------------------------------------------- helpers

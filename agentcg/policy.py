@@ -165,6 +165,7 @@ class Outcome:
     frozen: bool
     killed_reason: str | None  # one of KILL_REASONS, None when the tool ended by itself
     advice: str | None = None
+    suggested_memory: int | None = None  # bytes a retry should ask for, after an OOM
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,6 +191,18 @@ def _narrower(label: str, reason: str) -> str:
     return "run a narrower command (process less input at once)"
 
 
+def suggested_memory(outcome: Outcome, limits: CallLimits) -> int | None:
+    """What a retry should ask for when the call ran out of memory, else None.
+
+    The peak of an OOM-killed call is its limit, not its need, so the suggestion
+    is at least one step above the old ask; an agent may need a few retries.
+    """
+    if outcome.killed_reason != "oom" and outcome.oom_kills == 0:
+        return None
+    ask = outcome.memory_requested if outcome.memory_requested is not None else limits.memory_high
+    return retry_size(outcome.peak_memory, (ask or 0) + RETRY_STEP)
+
+
 def advise(outcome: Outcome, limits: CallLimits, intent: Intent) -> str | None:
     """Plain-language feedback for the agent, or None when there is nothing to say."""
     o = outcome
@@ -210,7 +223,7 @@ def advise(outcome: Outcome, limits: CallLimits, intent: Intent) -> str | None:
     parts: list[str] = []
 
     if o.killed_reason == "oom" or o.oom_kills > 0:
-        sugg = size_arg(retry_size(peak, (ask or 0) + RETRY_STEP))
+        sugg = size_arg(suggested_memory(o, limits) or 0)
         if o.killed_reason == "oom":
             head = f"{label} used {format_size(peak)}{of_its} and was OOM-killed"
         else:

@@ -5,7 +5,16 @@ import pytest
 from agentcg.config import Config
 from agentcg.errors import AgentcgError, LimitExceeded
 from agentcg.intent import Intent, parse_intent, parse_size
-from agentcg.policy import CallLimits, Outcome, advise, decide, format_size, retry_size, size_arg
+from agentcg.policy import (
+    CallLimits,
+    Outcome,
+    advise,
+    decide,
+    format_size,
+    retry_size,
+    size_arg,
+    suggested_memory,
+)
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 CFG = Config.default()
@@ -371,7 +380,8 @@ def test_clean_run_has_no_advice():
 def test_outcome_to_dict():
     o = outcome(advice="x")
     d = o.to_dict()
-    assert d["call"] == "c0123456789ab" and d["advice"] == "x" and len(d) == 15
+    assert d["call"] == "c0123456789ab" and d["advice"] == "x" and len(d) == 16
+    assert d["suggested_memory"] is None
     assert CallLimits(1, 2, 0, 100, (1000, 100000), None, None).to_dict()["cpu_max"] == (
         1000,
         100000,
@@ -385,3 +395,12 @@ def test_advice_is_one_line():
     ]:
         text = run("pytest", **kw)
         assert text and "\n" not in text
+
+
+def test_suggested_memory_after_oom_is_above_the_old_ask():
+    limits = CallLimits(256 * MiB, 320 * MiB, 0, 100, None, None, None)
+    o = outcome(killed_reason="oom", oom_kills=1, peak_memory=320 * MiB,
+                memory_requested=256 * MiB)
+    sugg = suggested_memory(o, limits)
+    assert sugg is not None and sugg > 320 * MiB and sugg % (256 * MiB) == 0
+    assert suggested_memory(outcome(), limits) is None
