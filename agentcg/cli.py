@@ -167,6 +167,18 @@ def status(session: str | None) -> None:
     click.echo(json.dumps(result, indent=2))
 
 
+@main.command()
+@click.option("--session", default="demo", help="session name to use")
+def demo(session: str) -> None:
+    """A scripted agent showing tool calls that fit, burst, get killed, and retry."""
+    from agentcg.demo import run_demo
+
+    try:
+        sys.exit(run_demo(session))
+    except AgentcgError as e:
+        raise click.ClickException(e.message) from None
+
+
 @main.group()
 def vm() -> None:
     """The test kernel VM (for hosts without cgroup v2 controllers or sched_ext)."""

@@ -72,7 +72,7 @@ def run_demo(session: str = "demo") -> int:
         for _ in range(4):
             retry = advice["suggested_memory"]
             with client.tool_call(session=session, memory=retry, label="pytest") as call:
-                call.run([py, "-c", BURST, "600"])
+                call.run([py, "-c", BURST, "300"])
             assert call.outcome is not None
             print(_describe(f"retry asking {format_size(retry)}", call.outcome))
             if not call.outcome["suggested_memory"]:
