@@ -47,12 +47,12 @@ def run_demo(session: str = "demo") -> int:
             (
                 "pytest, fits its 256M ask",
                 {"memory": "256M", "priority": "high", "label": "pytest"},
-                [py, "-c", BURST, "120"],
+                [py, "-c", BURST, "100"],
             ),
             (
-                "pytest, bursts to 600M on 256M",
-                {"memory": "256M", "label": "pytest"},
-                [py, "-c", BURST, "600"],
+                "pytest, bursts to 300M on 128M",
+                {"memory": "128M", "label": "pytest"},
+                [py, "-c", BURST, "300"],
             ),
         ]
         advice = None
