@@ -35,6 +35,12 @@ def main() -> None:
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="socket path")
 @click.option("--socket-group", help="group that may connect to the socket")
 @click.option("--state-dir", type=click.Path(path_type=Path), help="where state.json lives")
+@click.option(
+    "--delegated",
+    is_flag=True,
+    help="own the cgroup we were started in (systemd Delegate=yes with "
+    "DelegateSubgroup=supervisor) instead of daemon.root",
+)
 @click.option("-v", "--verbose", is_flag=True, help="log every request")
 def daemon(
     config_path: Path | None,
@@ -42,6 +48,7 @@ def daemon(
     socket_path: Path | None,
     socket_group: str | None,
     state_dir: Path | None,
+    delegated: bool,
     verbose: bool,
 ) -> None:
     """Run the daemon (as root) in the foreground."""
@@ -63,6 +70,8 @@ def daemon(
         }.items()
         if v is not None
     }
+    if delegated:
+        root = _delegated_root()
     if config_path is None and DEFAULT_PATH.exists():
         config_path = DEFAULT_PATH
     try:
@@ -92,6 +101,18 @@ def daemon(
         asyncio.run(serve())
     except AgentcgError as e:
         raise click.ClickException(e.message) from None
+
+
+def _delegated_root() -> Path:
+    """The cgroup a service manager delegated to us: ours, or our parent if we sit in
+    its supervisor/ subgroup already."""
+    from agentcg.cgroup import cgroup_path_of_pid, find_cgroup2_mount
+
+    mount = find_cgroup2_mount()
+    if mount is None:
+        raise click.ClickException("--delegated: no cgroup v2 mount; run `agentcg doctor`")
+    own = mount / cgroup_path_of_pid(os.getpid()).lstrip("/")
+    return own.parent if own.name == "supervisor" else own
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

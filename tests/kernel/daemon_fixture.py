@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,18 +34,28 @@ class RunningDaemon:
         self.log = tmp / f"daemon-{tag}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *args: str, preexec: Callable[[], None] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agentcg.cli", "daemon", "-v", "--config", str(self.config)],
+            [sys.executable, "-m", "agentcg.cli", "daemon", "-v", "--config", str(self.config),
+             *args],
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec,
         )
         deadline = time.monotonic() + 60
-        while not self.socket.exists():
+        while not self._accepting():  # a stale socket file may be left by a killed daemon
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"daemon did not start:\n{self.log.read_text()}")
             time.sleep(0.05)
         os.environ["AGENTCG_SOCKET"] = str(self.socket)
+
+    def _accepting(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(str(self.socket))
+            except OSError:
+                return False
+            return True
 
     def kill9(self) -> None:
         assert self.proc is not None

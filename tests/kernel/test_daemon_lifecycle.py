@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -31,7 +32,7 @@ from agentcg.client import Client
 c = Client()
 call = c.tool_call(session="orphans", memory="64M", label="sleep")
 proc = call.popen(["sleep", "120"])
-print(call.id, proc.pid, flush=True)
+print(call.id, flush=True)
 time.sleep(600)
 """
 
@@ -48,7 +49,7 @@ def test_kill9_restart_recovers_sessions_and_calls(daemon: RunningDaemon) -> Non
         [sys.executable, "-c", ORPHAN], stdout=subprocess.PIPE, text=True
     )
     assert orphan_owner.stdout is not None
-    orphan_id, orphan_pid = orphan_owner.stdout.readline().split()
+    orphan_id = orphan_owner.stdout.readline().strip()
     calls_dir = daemon.root.path / "sessions"
     orphan_cg = Cgroup(calls_dir / "orphans/tools" / orphan_id)
     assert orphan_cg.populated
@@ -130,3 +131,25 @@ def test_200_concurrent_calls_across_20_sessions(daemon: RunningDaemon) -> None:
     assert len(outcomes) == total
     assert all(o["signal"] == 15 for o in outcomes)
     assert daemon.tool_cgroups() == []
+
+
+def test_delegated_root_as_under_systemd(daemon: RunningDaemon) -> None:
+    """--delegated owns the cgroup it was started in, as with systemd's Delegate=yes and
+    DelegateSubgroup=supervisor: sessions are created beside the daemon's leaf."""
+    daemon.stop()
+    unit = Cgroup(daemon.root.path.parent / f"{daemon.root.name}-unit.service")
+    unit.create()
+    unit.enable_controllers(["memory", "cpu", "pids"])
+    supervisor = unit.child("supervisor").create()
+    second = RunningDaemon(Path(daemon.config.parent))
+    second.config.write_text(daemon.config.read_text().replace(str(daemon.root.path), "/unused"))
+    second.root = unit
+    try:
+        second.start("--delegated", preexec=lambda: supervisor.write("cgroup.procs", os.getpid()))
+        assert second.proc is not None and second.proc.pid in supervisor.procs()
+        with Client() as c, c.tool_call(memory="64M", label="true") as call:
+            assert call.run(["true"]).returncode == 0
+            assert call.info["cgroup"].startswith(f"{unit.path}/sessions/")
+        assert not Path("/unused").exists()
+    finally:
+        second.cleanup()
