@@ -60,6 +60,8 @@ def daemon(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    if delegated:
+        root = _delegated_root()
     overrides: dict[str, Any] = {
         k: str(v)
         for k, v in {
@@ -70,8 +72,6 @@ def daemon(
         }.items()
         if v is not None
     }
-    if delegated:
-        root = _delegated_root()
     if config_path is None and DEFAULT_PATH.exists():
         config_path = DEFAULT_PATH
     try:

@@ -241,7 +241,7 @@ class Daemon:
         for call_id in list(conn.calls):
             call = self.calls.get(call_id)
             if call and call.conn is conn:
-                await self._finish(call, kill_reason="disconnect")
+                await self._finish_if_live(call, "disconnect")
 
     # ---------------------------------------------------------------- sessions
 
@@ -354,7 +354,7 @@ class Daemon:
             call = self.calls.get(call_id)
             if call:
                 killed += call.state in ("pending", "running")
-                await self._finish(call, kill_reason="session_closed")
+                await self._finish_if_live(call, "session_closed")
         mount = find_cgroup2_mount() or Path("/sys/fs/cgroup")
         for pid, origin in sess.adopted.items():
             # Give adopted agents back to where they came from, if it still exists.
@@ -399,6 +399,7 @@ class Daemon:
 
     async def _call_begin(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
         peer = conn.peer
+        intent = parse_intent(args["intent"], self.cfg)  # before any side effect
         name = args.get("session") or self._session_of_cgroup(peer.cgroup)
         sess = self._get_session(peer, name) if name else self._open_session(peer, {})
         if len(sess.calls) >= sess.max_calls:
@@ -407,7 +408,6 @@ class Daemon:
                 f"session {sess.name!r} already runs {len(sess.calls)} "
                 "tool calls (its max_calls); wait for one to end",
             )
-        intent = parse_intent(args["intent"], self.cfg)
         limits = decide(intent, self.cfg, sess.memory, self._committed(sess))
         call_id = "c" + secrets.token_hex(6)
         ccg = self._session_cg(sess.name).child("tools").child(call_id)
@@ -470,14 +470,14 @@ class Daemon:
         """The tool process, before exec, asks to be placed into its call's cgroup."""
         peer = conn.peer
         call = self._owned_call(peer, args["call"], args["token"])
-        if call.state not in ("pending", "running"):
-            raise _err("conflict", f"call {call.id} already {call.state}; begin a new call")
         if not is_descendant(peer.pid, call.owner_pid):
             raise _err(
                 "unauthorized",
                 f"pid {peer.pid} is not a descendant of the process "
                 f"that began call {call.id}; only its own children can attach",
             )
+        if call.state == "ended":
+            raise _err("conflict", f"call {call.id} is ending; begin a new call")
         ccg = self._call_cg(call)
         ccg.add_process(peer.pid)
         call.state = "running"
@@ -583,7 +583,7 @@ class Daemon:
         call = self.calls.get(call_id)
         if call and call.conn is None:
             log.info("call %s was not reclaimed after restart; killing it", call_id)
-            self._spawn(self._finish(call, kill_reason="disconnect"))
+            self._spawn(self._finish_if_live(call, "disconnect"))
 
     async def _kill(self, call_id: str, reason: str) -> None:
         call = self.calls.get(call_id)
@@ -631,6 +631,12 @@ class Daemon:
         for hook in self.on_outcome:
             hook(outcome)
         return outcome
+
+    async def _finish_if_live(self, call: Call, reason: str) -> None:
+        """Internal clean-up paths race each other (a disconnect during session.close);
+        whichever comes second finds the call already ending and leaves it be."""
+        if call.state != "ended":
+            await self._finish(call, kill_reason=reason)
 
     async def _wait_empty(self, cg: Cgroup) -> None:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S

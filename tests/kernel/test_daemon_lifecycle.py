@@ -133,23 +133,23 @@ def test_200_concurrent_calls_across_20_sessions(daemon: RunningDaemon) -> None:
     assert daemon.tool_cgroups() == []
 
 
-def test_delegated_root_as_under_systemd(daemon: RunningDaemon) -> None:
+def test_delegated_root_as_under_systemd(tmp_path: Path) -> None:
     """--delegated owns the cgroup it was started in, as with systemd's Delegate=yes and
     DelegateSubgroup=supervisor: sessions are created beside the daemon's leaf."""
-    daemon.stop()
-    unit = Cgroup(daemon.root.path.parent / f"{daemon.root.name}-unit.service")
+    d = RunningDaemon(tmp_path)
+    unit = Cgroup(d.root.path.parent / f"{d.root.name}-unit.service")
+    d.config.write_text(d.config.read_text().replace(str(d.root.path), "/unused"))
+    d.root = unit
+    Cgroup(unit.path.parent).enable_controllers(["memory", "cpu", "pids"])
     unit.create()
     unit.enable_controllers(["memory", "cpu", "pids"])
     supervisor = unit.child("supervisor").create()
-    second = RunningDaemon(Path(daemon.config.parent))
-    second.config.write_text(daemon.config.read_text().replace(str(daemon.root.path), "/unused"))
-    second.root = unit
     try:
-        second.start("--delegated", preexec=lambda: supervisor.write("cgroup.procs", os.getpid()))
-        assert second.proc is not None and second.proc.pid in supervisor.procs()
+        d.start("--delegated", preexec=lambda: supervisor.write("cgroup.procs", os.getpid()))
+        assert d.proc is not None and d.proc.pid in supervisor.procs()
         with Client() as c, c.tool_call(memory="64M", label="true") as call:
             assert call.run(["true"]).returncode == 0
             assert call.info["cgroup"].startswith(f"{unit.path}/sessions/")
         assert not Path("/unused").exists()
     finally:
-        second.cleanup()
+        d.cleanup()
