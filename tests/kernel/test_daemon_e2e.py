@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -32,8 +33,6 @@ def test_call_that_fits(daemon: RunningDaemon) -> None:
 
 def test_call_runs_inside_its_cgroup(daemon: RunningDaemon) -> None:
     with Client() as c, c.tool_call(memory="64M", label="cat") as call:
-        import subprocess
-
         proc = call.run(["cat", "/proc/self/cgroup"], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.strip().endswith(f"/tools/{call.id}")
 
@@ -52,3 +51,35 @@ def test_oom_outcome_with_advice_and_session_survives(daemon: RunningDaemon) -> 
         with c.tool_call(memory="64M", label="echo") as again:
             assert again.run(["true"]).returncode == 0
         assert again.outcome and again.outcome["exit_status"] == 0
+
+
+def test_timeout_kills_the_call_with_advice(daemon: RunningDaemon) -> None:
+    with Client() as c, c.tool_call(memory="32M", timeout=1, label="make") as call:
+        proc = call.run(["sleep", "60"])
+    out = call.outcome
+    assert out is not None
+    assert proc.returncode == -9
+    assert out["killed_reason"] == "timeout"
+    assert "--timeout 2" in out["advice"]
+    assert any(e["event"] == "killed" and e["data"]["reason"] == "timeout" for e in call.events)
+    assert daemon.tool_cgroups() == []
+
+
+def test_agentcg_run_cli_exit_status_and_advice(daemon: RunningDaemon) -> None:
+    cli = [sys.executable, "-m", "agentcg.cli", "run"]
+    ok = subprocess.run(
+        [*cli, "--memory", "64M", "--label", "sh", "--", "sh", "-c", "exit 3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ok.returncode == 3, ok.stderr
+    oom = subprocess.run(
+        [*cli, "-m", "48M", "-l", "pytest", "--", sys.executable, "-c", ALLOC, "256"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert oom.returncode == 128 + 9
+    assert "OOM-killed" in oom.stderr and "--memory" in oom.stderr
+    assert daemon.tool_cgroups() == []
