@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,27 +34,35 @@ class RunningDaemon:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *args: str, preexec: Callable[[], None] | None = None) -> None:
+        # Readiness from the log, not a probe connection: a probe would count against
+        # max_connections, and a killed daemon leaves a stale socket file behind.
+        ready_before = self._ready_lines()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agentcg.cli", "daemon", "-v", "--config", str(self.config),
-             *args],
+            [
+                sys.executable,
+                "-m",
+                "agentcg.cli",
+                "daemon",
+                "-v",
+                "--config",
+                str(self.config),
+                *args,
+            ],
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
             preexec_fn=preexec,
         )
         deadline = time.monotonic() + 60
-        while not self._accepting():  # a stale socket file may be left by a killed daemon
+        while self._ready_lines() == ready_before:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"daemon did not start:\n{self.log.read_text()}")
             time.sleep(0.05)
         os.environ["AGENTCG_SOCKET"] = str(self.socket)
 
-    def _accepting(self) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            try:
-                s.connect(str(self.socket))
-            except OSError:
-                return False
-            return True
+    def _ready_lines(self) -> int:
+        if not self.log.exists():
+            return 0
+        return self.log.read_text(errors="replace").count(f"listening on {self.socket}")
 
     def kill9(self) -> None:
         assert self.proc is not None
