@@ -140,6 +140,11 @@ def run(command: tuple[str, ...], session: str | None, json_out: bool, **intent:
 
     try:
         with Client(on_event=on_event) as client:
+            if client.server.get("call"):
+                # Already inside a tool call (a shim wrapping every command): the
+                # command belongs to that call, so just run it.
+                client.close()
+                os.execvp(command[0], command)
             call = client.tool_call(session=session, **intent)
             call.begin()
             try:

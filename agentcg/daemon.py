@@ -40,7 +40,7 @@ from agentcg.policy import (
     format_size,
     suggested_memory,
 )
-from agentcg.protocol import PROTOCOL_VERSION, Request, negotiate_version
+from agentcg.protocol import Request, negotiate_version
 from agentcg.protocol import event as protocol_event
 from agentcg.watch import Watcher
 
@@ -87,10 +87,11 @@ class Call:
     state: str = "pending"  # pending -> running -> exited -> ended
     conn: Connection | None = None
     killed_reason: str | None = None
+    timeout_timer: asyncio.TimerHandle | None = None
+    orphan_timer: asyncio.TimerHandle | None = None  # armed after a restart until claimed
     high_events: int = 0
     oom_kills: int = 0
     last_throttle_push: float = 0.0
-    timer: asyncio.TimerHandle | None = None
 
     def record(self) -> dict[str, Any]:
         return {
@@ -104,6 +105,32 @@ class Call:
         }
 
 
+@dataclass(frozen=True)
+class Location:
+    session: str | None
+    call: str | None
+
+
+def _pass_protection(cg: Cgroup) -> None:
+    """memory.low only protects a leaf as far as every ancestor's memory.low allows,
+    unless cgroup2 is mounted with memory_recursiveprot. Inner levels pass it all
+    through, so a call's priority-derived memory.low takes effect either way."""
+    cg.write("memory.low", "max")
+
+
+def _limits_from_record(d: dict[str, Any]) -> CallLimits:
+    cpu_max = d["cpu_max"]
+    return CallLimits(
+        memory_high=d["memory_high"],
+        memory_max=d["memory_max"],
+        memory_low=d["memory_low"],
+        cpu_weight=d["cpu_weight"],
+        cpu_max=(int(cpu_max[0]), int(cpu_max[1])) if cpu_max else None,
+        pids_max=d["pids_max"],
+        timeout_s=d["timeout_s"],
+    )
+
+
 class Connection:
     """What the daemon needs of a client connection: who, and how to push events."""
 
@@ -111,7 +138,6 @@ class Connection:
         self.peer = peer
         self.push = push
         self.calls: set[str] = set()
-        self.version = PROTOCOL_VERSION
 
 
 class Daemon:
@@ -119,11 +145,13 @@ class Daemon:
         self.cfg = cfg
         self.root = Cgroup(cfg.daemon.root)
         self.sessions_cg = self.root.child("sessions")
+        mount = find_cgroup2_mount() or Path("/sys/fs/cgroup")
+        # cgroup paths as /proc/<pid>/cgroup shows them, relative to the mount
+        self._sessions_prefix = f"/{self.sessions_cg.path.relative_to(mount)}/"
         self.sessions: dict[str, Session] = {}
         self.calls: dict[str, Call] = {}
         self.watcher: Watcher | None = None
         self.state_path = cfg.daemon.state_dir / "state.json"
-        self.on_outcome: list[Callable[[Outcome], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()  # keeps timer-started work alive
         self._handlers: dict[str, Callable[[Connection, dict[str, Any]], Awaitable[dict]]] = {
             "hello": self._hello,
@@ -167,6 +195,8 @@ class Daemon:
         self.root.enable_controllers(CONTROLLERS)
         self.sessions_cg.create(exist_ok=True)
         self.sessions_cg.enable_controllers(CONTROLLERS)
+        for cg in (self.root, self.sessions_cg):
+            _pass_protection(cg)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.setup_hierarchy()
@@ -201,20 +231,16 @@ class Daemon:
                     owner_uid=rec["owner_uid"],
                     owner_pid=rec["owner_pid"],
                     intent=Intent(**rec["intent"]),
-                    limits=CallLimits(
-                        **{
-                            k: tuple(v) if k == "cpu_max" and v else v
-                            for k, v in rec["limits"].items()
-                        }
-                    ),
+                    limits=_limits_from_record(rec["limits"]),
                     started=rec["started"],
                     state="running",
                 )
                 self.calls[call.id] = call
                 sess.calls.add(call.id)
                 self._watch(call)
+                self._arm_timeout(call)  # the deadline still counts from the call's start
                 # Its agent must reconnect and claim it, else it is killed as orphaned.
-                call.timer = asyncio.get_running_loop().call_later(
+                call.orphan_timer = asyncio.get_running_loop().call_later(
                     self.cfg.daemon.reclaim_grace_s, self._orphan_timeout, call.id
                 )
                 log.info("recovered running call %s in session %s", call.id, sess.name)
@@ -232,7 +258,7 @@ class Daemon:
         return await self._handlers[req.op](conn, req.args)
 
     def is_admin(self, peer: Peer) -> bool:
-        if peer.container is not None or self._session_of_cgroup(peer.cgroup):
+        if peer.container is not None or self._locate(peer).session:
             return False  # root inside a container or a session is still an agent
         return peer.uid in self.cfg.admin.uids or peer.gid in self.cfg.admin.gids
 
@@ -245,15 +271,24 @@ class Daemon:
 
     # ---------------------------------------------------------------- sessions
 
-    def _session_of_cgroup(self, cgroup: str) -> str | None:
-        rel = self.sessions_cg.path.relative_to(find_cgroup2_mount() or Path("/sys/fs/cgroup"))
-        prefix = f"/{rel}/"
-        if cgroup.startswith(prefix):
-            return cgroup[len(prefix) :].split("/", 1)[0] or None
-        return None
+    def _locate(self, peer: Peer) -> Location:
+        """Which session (and tool call) the peer's cgroup puts it in, if any."""
+        if not peer.cgroup.startswith(self._sessions_prefix):
+            return Location(None, None)
+        parts = peer.cgroup[len(self._sessions_prefix) :].split("/")
+        call = parts[2] if len(parts) > 2 and parts[1] == "tools" else None
+        return Location(parts[0] or None, call)
 
     def _authorize(self, peer: Peer, sess: Session) -> None:
-        if self.is_admin(peer) or self._session_of_cgroup(peer.cgroup) == sess.name:
+        where = self._locate(peer)
+        if where.call:
+            # A tool may not steer its own session: close it, open others, adopt itself.
+            raise _err(
+                "unauthorized",
+                f"a tool inside call {where.call} cannot act on sessions; "
+                "its agent (the process that began the call) can",
+            )
+        if self.is_admin(peer) or where.session == sess.name:
             return
         if sess.owner_uid == peer.uid and sess.container == peer.container:
             return
@@ -273,25 +308,42 @@ class Daemon:
         return f"ctr-{peer.container[:12]}" if peer.container else f"uid-{peer.uid}"
 
     async def _hello(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
-        conn.version = negotiate_version(args["version"])
         result: dict[str, Any] = {
-            "version": conn.version,
+            "version": negotiate_version(args["version"]),
             "server": f"agentcg {__version__}",
             "peer": conn.peer.as_dict(),
         }
-        bound = self._session_of_cgroup(conn.peer.cgroup)
-        if bound:
-            result["session"] = bound
+        where = self._locate(conn.peer)
+        if where.session:
+            result["session"] = where.session
+        if where.call:
+            result["call"] = where.call  # already inside a tool call: run nested tools directly
         return result
 
     async def _session_open(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("adopt") and conn.peer.container and not self.is_admin(conn.peer):
+            raise _err(
+                "unauthorized",
+                "adopt would take the agent out of its container's cgroup and limits; "
+                "open the session without adopt",
+            )
         sess = self._open_session(conn.peer, args)
         if args.get("adopt"):
             self._adopt(sess, conn.peer)
         return {"session": sess.name, "cgroup": str(self._session_cg(sess.name).path)}
 
     def _open_session(self, peer: Peer, args: dict[str, Any]) -> Session:
-        name = args.get("name") or self._default_session_name(peer)
+        where = self._locate(peer)
+        if where.call:
+            raise _err("unauthorized", f"a tool inside call {where.call} cannot open sessions")
+        default = where.session or self._default_session_name(peer)
+        name = args.get("name") or default
+        if name != default and name.startswith(("uid-", "ctr-")) and not self.is_admin(peer):
+            raise _err(
+                "invalid_value",
+                f"session names starting uid- or ctr- are reserved for default sessions; "
+                f"yours is {default!r}",
+            )
         existing = self.sessions.get(name)
         if existing is not None:
             self._authorize(peer, existing)
@@ -301,7 +353,8 @@ class Daemon:
                 "conflict", f"session {name!r} is already open; close it or pick another name"
             )
         caps = self.cfg.session
-        memory = args.get("memory", caps.default_memory)
+        # Not asking must not get around the cap.
+        memory = args.get("memory", caps.default_memory or caps.max_memory)
         if memory is not None and caps.max_memory is not None and memory > caps.max_memory:
             raise _err(
                 "limit_exceeded",
@@ -329,6 +382,8 @@ class Daemon:
             scg.child("agent").create()
             tools = scg.child("tools").create()
             tools.enable_controllers(CONTROLLERS)
+            for cg in (scg, tools):
+                _pass_protection(cg)
         except (CgroupError, OSError) as e:
             self._remove_cgroup(scg, kill=True)
             raise _err("internal", f"could not create session cgroup {scg.path}: {e}") from e
@@ -349,6 +404,9 @@ class Daemon:
 
     async def _session_close(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
         sess = self._get_session(conn.peer, args["session"])
+        # Gone for everyone else before the first await: a second close or a
+        # call.begin racing this one gets not_found instead of a half-removed session.
+        del self.sessions[sess.name]
         killed = 0
         for call_id in list(sess.calls):
             call = self.calls.get(call_id)
@@ -360,8 +418,7 @@ class Daemon:
             # Give adopted agents back to where they came from, if it still exists.
             with contextlib.suppress(CgroupError, OSError, ValueError):
                 Cgroup(mount / origin.lstrip("/")).add_process(int(pid))
-        self._remove_cgroup(self._session_cg(sess.name), kill=True)
-        del self.sessions[sess.name]
+        await self._remove_cgroup_async(self._session_cg(sess.name))
         self._save()
         return {"closed": sess.name, "killed_calls": killed}
 
@@ -400,7 +457,14 @@ class Daemon:
     async def _call_begin(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
         peer = conn.peer
         intent = parse_intent(args["intent"], self.cfg)  # before any side effect
-        name = args.get("session") or self._session_of_cgroup(peer.cgroup)
+        where = self._locate(peer)
+        if where.call:
+            raise _err(
+                "conflict",
+                f"already inside tool call {where.call}: run the command directly "
+                "(`agentcg run` does so by itself)",
+            )
+        name = args.get("session") or where.session
         sess = self._get_session(peer, name) if name else self._open_session(peer, {})
         if len(sess.calls) >= sess.max_calls:
             raise _err(
@@ -411,12 +475,6 @@ class Daemon:
         limits = decide(intent, self.cfg, sess.memory, self._committed(sess))
         call_id = "c" + secrets.token_hex(6)
         ccg = self._session_cg(sess.name).child("tools").child(call_id)
-        try:
-            ccg.create()
-            self._apply(ccg, limits)
-        except (CgroupError, OSError) as e:
-            self._remove_cgroup(ccg, kill=True)
-            raise _err("internal", f"could not set up the call's cgroup {ccg.path}: {e}") from e
         call = Call(
             id=call_id,
             session=sess.name,
@@ -428,14 +486,18 @@ class Daemon:
             started=time.time(),
             conn=conn,
         )
+        try:
+            ccg.create()
+            self._apply(ccg, limits)
+            self._watch(call)
+        except (CgroupError, OSError) as e:
+            self._unwatch(call)
+            self._remove_cgroup(ccg, kill=True)
+            raise _err("internal", f"could not set up the call's cgroup {ccg.path}: {e}") from e
         self.calls[call_id] = call
         sess.calls.add(call_id)
         conn.calls.add(call_id)
-        self._watch(call)
-        if limits.timeout_s:
-            call.timer = asyncio.get_running_loop().call_later(
-                limits.timeout_s, lambda: self._spawn(self._kill(call_id, "timeout"))
-            )
+        self._arm_timeout(call)
         self._save()
         return {
             "call": call_id,
@@ -462,8 +524,10 @@ class Daemon:
             raise _err("not_found", f"no running call {call_id!r}: it ended or never began")
         if token is not None and not secrets.compare_digest(token, call.token):
             raise _err("unauthorized", f"wrong token for call {call_id!r}")
-        if call.owner_uid != peer.uid and not self.is_admin(peer):
-            raise _err("unauthorized", f"call {call_id!r} belongs to another agent")
+        if not self.is_admin(peer):
+            sess = self.sessions.get(call.session)
+            if call.owner_uid != peer.uid or (sess and sess.container != peer.container):
+                raise _err("unauthorized", f"call {call_id!r} belongs to another agent")
         return call
 
     async def _call_attach(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
@@ -478,6 +542,9 @@ class Daemon:
             )
         if call.state == "ended":
             raise _err("conflict", f"call {call.id} is ending; begin a new call")
+        inside = self._locate(peer).call
+        if inside and inside != call.id:
+            raise _err("unauthorized", f"pid {peer.pid} belongs to call {inside}; it cannot move")
         ccg = self._call_cg(call)
         ccg.add_process(peer.pid)
         call.state = "running"
@@ -498,9 +565,9 @@ class Daemon:
             call.conn.calls.discard(call.id)
         call.conn = conn
         conn.calls.add(call.id)
-        if call.timer and call.state in ("pending", "running") and not call.limits.timeout_s:
-            call.timer.cancel()
-            call.timer = None
+        if call.orphan_timer:
+            call.orphan_timer.cancel()
+            call.orphan_timer = None
         return {"call": call.id, "state": call.state}
 
     def _call_view(self, call: Call) -> dict[str, Any]:
@@ -585,6 +652,13 @@ class Daemon:
             log.info("call %s was not reclaimed after restart; killing it", call_id)
             self._spawn(self._finish_if_live(call, "disconnect"))
 
+    def _arm_timeout(self, call: Call) -> None:
+        if call.limits.timeout_s:
+            left = max(0.0, call.started + call.limits.timeout_s - time.time())
+            call.timeout_timer = asyncio.get_running_loop().call_later(
+                left, lambda: self._spawn(self._kill(call.id, "timeout"))
+            )
+
     async def _kill(self, call_id: str, reason: str) -> None:
         call = self.calls.get(call_id)
         if call is None or call.state == "ended":
@@ -604,8 +678,9 @@ class Daemon:
         if call.state == "ended":
             raise _err("conflict", f"call {call.id} already ended")
         call.state = "ended"
-        if call.timer:
-            call.timer.cancel()
+        for timer in (call.timeout_timer, call.orphan_timer):
+            if timer:
+                timer.cancel()
         cg = self._call_cg(call)
         if kill_reason:
             call.killed_reason = call.killed_reason or kill_reason
@@ -617,7 +692,7 @@ class Daemon:
                 await self._wait_empty(cg)
         outcome = self._outcome(call, cg, exit_status)
         self._unwatch(call)
-        self._remove_cgroup(cg, kill=True)
+        self._remove_cgroup(cg, kill=True)  # already empty: no wait
         self.calls.pop(call.id, None)
         sess = self.sessions.get(call.session)
         if sess:
@@ -628,8 +703,6 @@ class Daemon:
             call, "ended", {"exit_status": exit_status, "killed_reason": outcome.killed_reason}
         )
         self._save()
-        for hook in self.on_outcome:
-            hook(outcome)
         return outcome
 
     async def _finish_if_live(self, call: Call, reason: str) -> None:
@@ -680,6 +753,14 @@ class Daemon:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _remove_cgroup_async(self, cg: Cgroup) -> None:
+        """Kill what is left in a subtree and remove it without blocking the loop."""
+        with contextlib.suppress(CgroupError, OSError):
+            if cg.populated:
+                cg.kill()
+                await self._wait_empty(cg)
+        self._remove_cgroup(cg, kill=True)
 
     def _remove_cgroup(self, cg: Cgroup, kill: bool) -> None:
         try:

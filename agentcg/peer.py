@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import struct
 from dataclasses import dataclass
 
 from agentcg.cgroup import cgroup_path_of_pid
+from agentcg.errors import AgentcgError
 
 # Docker's cgroupfs driver puts containers at /docker/<id>; the systemd driver at
 # .../docker-<id>.scope. Either way the 64-hex id names the container.
@@ -31,15 +34,40 @@ def container_of(cgroup: str) -> str | None:
     return m.group(1) if m else None
 
 
-def peer_of(sock: socket.socket) -> Peer:
-    """Identify the process that connected (the kernel vouches for pid/uid/gid)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    try:
-        cg = cgroup_path_of_pid(pid)
-    except Exception:
-        cg = ""  # the peer already exited or is on a v1-only host; identity stays uid-based
-    return Peer(pid, uid, gid, cg, container_of(cg))
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux >= 6.5
+
+
+class PeerGone(Exception):
+    """The process that opened the connection no longer exists."""
+
+
+class PeerHandle:
+    """The connecting process, pinned by a pidfd so a recycled pid is never mistaken
+    for it. Its cgroup is re-read for every request: processes move (adoption,
+    attach), and identity must follow where the process is now."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        self.pid, self.uid, self.gid = struct.unpack("3i", raw)
+        try:
+            self.pidfd = struct.unpack("i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4))[0]
+        except OSError:  # older kernel: open it now; the pid was just vouched for
+            try:
+                self.pidfd = os.pidfd_open(self.pid)
+            except OSError as e:
+                raise PeerGone(f"pid {self.pid} exited before it could be identified") from e
+
+    def current(self) -> Peer:
+        """Who the peer is now; raises PeerGone rather than guess (fail closed)."""
+        try:
+            cg = cgroup_path_of_pid(self.pid)
+            signal.pidfd_send_signal(self.pidfd, 0)  # still the same process?
+        except (OSError, AgentcgError) as e:
+            raise PeerGone(f"pid {self.pid} that opened this connection is gone") from e
+        return Peer(self.pid, self.uid, self.gid, cg, container_of(cg))
+
+    def close(self) -> None:
+        os.close(self.pidfd)
 
 
 def parent_pid(pid: int) -> int | None:

@@ -22,7 +22,7 @@ from typing import Any
 from agentcg import protocol
 from agentcg.daemon import Connection, Daemon
 from agentcg.errors import AgentcgError
-from agentcg.peer import peer_of
+from agentcg.peer import PeerGone, PeerHandle
 
 log = logging.getLogger("agentcg.server")
 
@@ -70,8 +70,21 @@ class Server:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         try:
-            peer = peer_of(sock)
-        except OSError:
+            handle = PeerHandle(sock)
+        except (OSError, PeerGone):
+            writer.close()
+            return
+        try:
+            await self._serve_peer(handle, reader, writer)
+        finally:
+            handle.close()
+
+    async def _serve_peer(
+        self, handle: PeerHandle, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            peer = handle.current()
+        except PeerGone:
             writer.close()
             return
         if self.active >= self.cfg.max_connections:
@@ -101,7 +114,7 @@ class Server:
 
         conn = Connection(peer, push)
         try:
-            await self._loop(conn, reader, writer)
+            await self._loop(conn, handle, reader, writer)
         except (ConnectionError, OSError):
             pass  # the peer vanished mid-reply; its calls are cleaned up below
         finally:
@@ -115,7 +128,11 @@ class Server:
                 await writer.wait_closed()
 
     async def _loop(
-        self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        conn: Connection,
+        handle: PeerHandle,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> None:
         tokens = float(self.cfg.max_requests_per_second)
         last = time.monotonic()
@@ -131,13 +148,27 @@ class Server:
             )
             last = now
             rid: int | str | None = None
+            # Every frame costs a token, so a flood of garbage is throttled too.
+            allowed = tokens >= 1
+            tokens -= 1 if allowed else 0
             try:
                 req = protocol.parse_request(line, self.cfg.max_frame, require_version=first)
                 rid = req.id
-                if tokens < 1:
+                if not allowed:
                     raise AgentcgError("busy", "too many requests on this connection; slow down")
-                tokens -= 1
-                log.debug("pid %d uid %d: %s %s", conn.peer.pid, conn.peer.uid, req.op, req.args)
+                try:
+                    conn.peer = handle.current()
+                except PeerGone as e:
+                    raise AgentcgError(
+                        "unauthorized", f"{e}; requests must come from the process that connected"
+                    ) from None
+                log.debug(
+                    "pid %d uid %d: %s %s",
+                    conn.peer.pid,
+                    conn.peer.uid,
+                    req.op,
+                    {k: v for k, v in req.args.items() if k != "token"},
+                )
                 result = await self.daemon.handle(conn, req)
                 reply = protocol.ok(req.id, result)
                 first = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -83,3 +84,43 @@ def test_agentcg_run_cli_exit_status_and_advice(daemon: RunningDaemon) -> None:
     assert oom.returncode == 128 + 9
     assert "OOM-killed" in oom.stderr and "--memory" in oom.stderr
     assert daemon.tool_cgroups() == []
+
+
+ESCAPE = """
+import json, sys
+from agentcg.client import Client
+from agentcg.errors import AgentcgError
+c = Client()
+codes = {"hello_call": c.server.get("call")}
+for op, args in [("session.open", {"adopt": True}), ("session.open", {"name": "elsewhere"}),
+                 ("session.close", {"session": sys.argv[1]}),
+                 ("call.begin", {"intent": {"memory": "1G"}})]:
+    try:
+        c.request(op, **args)
+        codes[op + json.dumps(args)] = "ok"
+    except AgentcgError as e:
+        codes[op + json.dumps(args)] = e.code
+print(json.dumps(codes))
+"""
+
+
+def test_a_tool_cannot_escape_its_call(daemon: RunningDaemon) -> None:
+    with Client() as c:
+        session = c.open_session("escape")
+        with c.tool_call(session=session, memory="64M", label="py") as call:
+            proc = call.run(
+                [sys.executable, "-c", ESCAPE, session], stdout=subprocess.PIPE, text=True
+            )
+        codes = json.loads(proc.stdout)
+        assert codes.pop("hello_call") == call.id
+        assert set(codes.values()) <= {"unauthorized", "conflict"}, codes
+        # Nested `agentcg run` inside a call runs the command in that same call.
+        with c.tool_call(session=session, memory="64M", label="sh") as outer:
+            nested = outer.run(
+                [sys.executable, "-m", "agentcg.cli", "run", "--", "cat", "/proc/self/cgroup"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        assert nested.returncode == 0
+        assert nested.stdout.strip().endswith(f"/tools/{outer.id}")
+        assert c.request("session.status", session=session)["session"] == session
