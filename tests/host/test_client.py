@@ -1,0 +1,291 @@
+"""agentcg.client against an in-process fake daemon speaking NDJSON (docs/protocol.md).
+
+No root and no cgroups: the fake answers hello, call.begin/claim/end/attach and a few
+test-only ops, and records what it received, on which connection, and the
+SO_PEERCRED pid of attach connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import secrets
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentcg.client import Client, ToolCall
+from agentcg.errors import AgentcgError
+from agentcg.policy import Outcome
+from agentcg.protocol import encode, err, ok
+
+OUTCOME_KEYS = {f.name for f in dataclasses.fields(Outcome)}
+
+
+def wait_for(pred: Any, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the fake daemon")
+        time.sleep(0.005)
+
+
+class FakeDaemon:
+    def __init__(self, path: Path, calls: dict[str, str] | None = None) -> None:
+        self.path = path
+        self.calls: dict[str, str] = {} if calls is None else calls  # call id -> token
+        self.received: list[tuple[int, dict[str, Any]]] = []  # (connection no, request)
+        self.attach_pids: list[int] = []
+        self.attach_ok = True
+        self.refuse_all = False  # behave like a daemon at max_connections
+        self.echo_batch = 1  # answer echo requests in reversed batches of this size
+        self.conns: list[socket.socket] = []
+        self._stop = False
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(64)
+        self.listener.settimeout(0.02)
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def ops(self, op: str) -> list[dict[str, Any]]:
+        return [m for _, m in self.received if m["op"] == op]
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            self.conns.append(conn)
+            if self.refuse_all:
+                conn.sendall(encode(err(None, AgentcgError("busy", "at max_connections"))))
+                conn.close()
+                continue
+            n = len(self.conns)
+            threading.Thread(target=self._serve, args=(conn, n), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, n: int) -> None:
+        buf = b""
+        pending: list[dict[str, Any]] = []  # echo requests held back to reorder them
+        while True:
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                msg = json.loads(line)
+                self.received.append((n, msg))
+                if msg["op"] == "echo":
+                    pending.append(msg)
+                    if len(pending) >= self.echo_batch:
+                        # Deliberately out of order: the client must match by id.
+                        for m in reversed(pending):
+                            conn.sendall(encode(ok(m["id"], {"n": m["args"]["n"]})))
+                        pending.clear()
+                    continue
+                reply = self._handle(conn, msg)
+                if reply is None:
+                    return
+                if reply:
+                    conn.sendall(encode(reply))
+
+    def _handle(self, conn: socket.socket, msg: dict[str, Any]) -> dict[str, Any] | None:
+        op, rid, args = msg["op"], msg["id"], msg.get("args") or {}
+        if op == "hello":
+            return ok(rid, {"version": 1, "server": "fake", "peer": {}})
+        if op == "call.begin":
+            cid, token = "c" + secrets.token_hex(6), secrets.token_hex(16)
+            self.calls[cid] = token
+            limits = {"memory_high": 1 << 30}
+            return ok(rid, {"call": cid, "token": token, "session": "s", "limits": limits})
+        if op == "call.claim":
+            if args["call"] not in self.calls:
+                return err(rid, AgentcgError("not_found", "no such call"))
+            return ok(rid, {"call": args["call"], "state": "running"})
+        if op == "call.end":
+            if self.calls.pop(args["call"], None) is None:
+                return err(rid, AgentcgError("not_found", "no such call"))
+            status = args.get("exit_status", 0)
+            out = Outcome(
+                args["call"], "tool", status, None, 0.1, 1, None, 0, 0, 0, 0, 0, False, None
+            )
+            return ok(rid, out.to_dict())
+        if op == "call.attach":
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            self.attach_pids.append(struct.unpack("3i", creds)[0])
+            if not self.attach_ok:
+                return err(rid, AgentcgError("unauthorized", "pid is not a descendant"))
+            return ok(rid, {"call": args["call"], "cgroup": "/fake"})
+        if op == "hold":
+            return {}  # never answered
+        if op == "kick":
+            # Like the daemon's timeout/frame_too_large/busy: an id-null error, then close.
+            conn.sendall(encode(err(None, AgentcgError("busy", "go away"))))
+            conn.close()
+            return None
+        return err(rid, AgentcgError("unknown_op", op))
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join()
+        self.listener.close()
+        for c in self.conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> Path:
+    return tmp_path / "agentcg.sock"
+
+
+@pytest.fixture
+def daemon(sock_path: Path):
+    d = FakeDaemon(sock_path)
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def client(daemon: FakeDaemon, sock_path: Path):
+    with Client(str(sock_path), timeout=5) as c:
+        yield c
+
+
+def test_concurrent_requests_matched_by_id_out_of_order(daemon: FakeDaemon, client: Client):
+    threads, per_thread = 20, 20
+    daemon.echo_batch = threads  # every round's 20 answers come back reversed
+    results: dict[int, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            results[t] = [client.request("echo", n=t * 1000 + i)["n"] for i in range(per_thread)]
+        except BaseException as e:
+            errors.append(e)
+
+    ts = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(10)
+    assert not errors
+    assert results == {t: [t * 1000 + i for i in range(per_thread)] for t in range(threads)}
+    assert len(daemon.ops("echo")) == threads * per_thread
+
+
+def test_id_null_error_reaches_every_waiter(daemon: FakeDaemon, client: Client):
+    caught: list[AgentcgError] = []
+
+    def hold() -> None:
+        with pytest.raises(AgentcgError) as ei:
+            client.request("hold")
+        caught.append(ei.value)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    wait_for(lambda: daemon.ops("hold"))
+    with pytest.raises(AgentcgError) as ei:
+        client.request("kick")
+    t.join(5)
+    assert ei.value.code == "busy"
+    assert [e.code for e in caught] == ["busy"]
+    # ... and the client reconnects to the (still running) daemon afterwards.
+    assert client.request("echo", n=5) == {"n": 5}
+
+
+def test_busy_at_connect_is_reported_as_busy(daemon: FakeDaemon, sock_path: Path):
+    daemon.refuse_all = True
+    with pytest.raises(AgentcgError) as ei:
+        Client(str(sock_path), timeout=5)
+    assert ei.value.code == "busy"
+
+
+def test_reconnect_reclaims_calls_and_drops_finished(daemon: FakeDaemon, sock_path: Path):
+    with Client(str(sock_path), timeout=5) as client:
+        alive = client.tool_call(label="pytest").begin()
+        gone = client.tool_call(label="pip").begin()
+        # "Restart": a new daemon on the same path that recovered only `alive`.
+        sock_path.unlink()
+        restarted = FakeDaemon(sock_path, calls={alive.id: alive.token})
+        try:
+            daemon.stop()
+            assert client.request("echo", n=1) == {"n": 1}  # waits for the reconnect
+            assert len(restarted.ops("hello")) == 1
+            claimed = {m["args"]["call"] for m in restarted.ops("call.claim")}
+            assert claimed == {alive.id, gone.id}
+            assert alive.id in client._calls
+            assert gone.id not in client._calls
+            assert alive.end(0)["exit_status"] == 0
+            assert "recovered" not in alive.outcome
+        finally:
+            restarted.stop()
+
+
+def test_end_not_found_gives_recovered_outcome(daemon: FakeDaemon, client: Client):
+    call = client.tool_call(label="pytest").begin()
+    del daemon.calls[call.id]  # finished while the daemon was down
+    outcome = call.end(-9)
+    assert set(outcome) == OUTCOME_KEYS | {"recovered"}
+    assert outcome["recovered"] is True
+    assert (outcome["call"], outcome["label"]) == (call.id, "pytest")
+    assert (outcome["exit_status"], outcome["signal"]) == (None, 9)
+    assert outcome["advice"] is None and outcome["peak_memory"] == 0
+    assert call.outcome is outcome and call.id not in client._calls
+    # Without our token it is not "ours": not_found stays an error.
+    stranger = ToolCall(client, None, {})
+    stranger.id = "c000000000000"
+    with pytest.raises(AgentcgError) as ei:
+        stranger.end(0)
+    assert ei.value.code == "not_found"
+
+
+def test_popen_attaches_the_child_on_its_own_connection(daemon: FakeDaemon, client: Client):
+    with client.tool_call(label="true") as call:
+        proc = call.popen(["/bin/true"])
+        assert proc.wait(5) == 0
+        call.end(proc.returncode)
+    assert daemon.attach_pids == [proc.pid]
+    [(conn_no, attach)] = [(n, m) for n, m in daemon.received if m["op"] == "call.attach"]
+    client_conns = {n for n, m in daemon.received if m["op"] != "call.attach"}
+    assert client_conns == {1} and conn_no != 1
+    assert attach["v"] == 1 and attach["args"] == {"call": call.id, "token": call.token}
+
+
+def test_refused_attach_exits_126_with_reason(daemon: FakeDaemon, client: Client):
+    daemon.attach_ok = False
+    with client.tool_call() as call:
+        done = call.run([sys.executable, "-c", "print('ran')"], capture_output=True)
+    assert done.returncode == 126
+    assert done.stdout == b""
+    assert b"could not place the tool in its cgroup" in done.stderr
+    assert b"not a descendant" in done.stderr
+    assert len(daemon.attach_pids) == 1  # it asked, was refused, and never ran
+    assert call.outcome is not None and call.outcome["exit_status"] == 126
+
+
+def test_run_capture_output_and_preexec_fn_refused(daemon: FakeDaemon, client: Client):
+    with client.tool_call() as call:
+        done = call.run(["/bin/echo", "hi"], capture_output=True)
+        assert (done.returncode, done.stdout, done.stderr) == (0, b"hi\n", b"")
+    with client.tool_call() as call, pytest.raises(TypeError, match="preexec_fn"):
+        call.popen(["/bin/true"], preexec_fn=lambda: None)
+    with client.tool_call() as call, pytest.raises(ValueError):
+        call.run(["/bin/true"], capture_output=True, stdout=subprocess.DEVNULL)
