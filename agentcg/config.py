@@ -67,6 +67,11 @@ class SessionConfig:
     max_memory: int | None = None
     max_calls: int = 64
     default_pids: int = 4096
+    # Escalation inside a session that has a memory budget: at this share of the
+    # budget (its memory.high) the kernel throttles and the daemon freezes the
+    # lowest-priority call; 1.0 turns it off and leaves the kernel's OOM killer.
+    pressure_fraction: float = 0.9
+    freeze_grace_s: float = 2.0  # a frozen call is killed if memory has not come back by then
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,10 @@ def _seconds(lo: float, hi: float, *, lo_open: bool = True) -> Checker:
 
 def _fraction(key: str, v: Any) -> float:
     return _wrap(key, lambda: check_number(key, v, 0.0, 1.0, lo_open=False))
+
+
+def _pressure_fraction(key: str, v: Any) -> float:
+    return _wrap(key, lambda: check_number(key, v, 0.5, 1.0, lo_open=False))
 
 
 def _size(key: str, v: Any) -> int:
@@ -233,6 +242,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
             "max_memory": _nullable(_size),
             "max_calls": _int(1, 1_000_000),
             "default_pids": _int(1, MAX_PIDS),
+            "pressure_fraction": _pressure_fraction,
+            "freeze_grace_s": _seconds(0.0, 3600.0),
         },
     ),
     "call": (

@@ -34,10 +34,12 @@ from agentcg.peer import Peer, is_descendant
 from agentcg.policy import (
     CallLimits,
     Outcome,
+    RunningCall,
     advise,
     cpu_quota,
     decide,
     format_size,
+    pick_victim,
     suggested_memory,
 )
 from agentcg.protocol import Request, negotiate_version
@@ -49,6 +51,7 @@ log = logging.getLogger("agentcg.daemon")
 CONTROLLERS = ("memory", "cpu", "pids")
 THROTTLE_EVENT_INTERVAL_S = 1.0  # at most one "throttled" push per call per second
 DRAIN_TIMEOUT_S = 5.0  # how long a killed call may take to empty
+PRESSURE_CHECK_S = 0.25  # while a call is frozen: how often to see if memory came back
 
 
 def _err(code: str, message: str) -> AgentcgError:
@@ -67,10 +70,12 @@ class Session:
     created: float
     adopted: dict[str, str] = field(default_factory=dict)  # pid -> cgroup it came from
     calls: set[str] = field(default_factory=set)
+    high_events: int = 0  # last seen memory.events "high" of the session (escalation)
 
     def record(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("calls")
+        d.pop("high_events")
         return d
 
 
@@ -92,6 +97,8 @@ class Call:
     high_events: int = 0
     oom_kills: int = 0
     last_throttle_push: float = 0.0
+    frozen_at: float | None = None  # monotonic time of the freeze, while frozen
+    was_frozen: bool = False
 
     def record(self) -> dict[str, Any]:
         return {
@@ -153,6 +160,7 @@ class Daemon:
         self.watcher: Watcher | None = None
         self.state_path = cfg.daemon.state_dir / "state.json"
         self._tasks: set[asyncio.Task[Any]] = set()  # keeps timer-started work alive
+        self._pressure_timers: dict[str, asyncio.TimerHandle] = {}
         self._handlers: dict[str, Callable[[Connection, dict[str, Any]], Awaitable[dict]]] = {
             "hello": self._hello,
             "session.open": self._session_open,
@@ -218,6 +226,7 @@ class Daemon:
                     scg.name, None, None, None, None, None, self.cfg.session.max_calls, time.time()
                 )
             self.sessions[sess.name] = sess
+            self._watch_session(sess)
             for ccg in scg.child("tools").children() if scg.child("tools").exists() else []:
                 rec = saved["calls"].get(ccg.name)
                 if rec is None or rec.get("session") != sess.name or not ccg.populated:
@@ -237,6 +246,8 @@ class Daemon:
                 )
                 self.calls[call.id] = call
                 sess.calls.add(call.id)
+                if ccg.frozen:  # frozen by our predecessor; a new pressure event re-decides
+                    ccg.thaw()
                 self._watch(call)
                 self._arm_timeout(call)  # the deadline still counts from the call's start
                 # Its agent must reconnect and claim it, else it is killed as orphaned.
@@ -376,6 +387,10 @@ class Daemon:
             scg.create()
             scg.enable_controllers(CONTROLLERS)
             scg.set_memory_max(sess.memory)
+            if sess.memory is not None and caps.pressure_fraction < 1.0:
+                # Throttle the session before its hard limit, and give the daemon the
+                # moment to choose a victim instead of the kernel OOM killer.
+                scg.set_memory_high(int(sess.memory * caps.pressure_fraction))
             scg.set_pids_max(sess.pids)
             if sess.cpu is not None:
                 scg.set_cpu_max(cpu_quota(sess.cpu))
@@ -388,6 +403,7 @@ class Daemon:
             self._remove_cgroup(scg, kill=True)
             raise _err("internal", f"could not create session cgroup {scg.path}: {e}") from e
         self.sessions[name] = sess
+        self._watch_session(sess)
         self._save()
         log.info("session %s opened by uid %s container %s", name, peer.uid, peer.container)
         return sess
@@ -407,6 +423,9 @@ class Daemon:
         # Gone for everyone else before the first await: a second close or a
         # call.begin racing this one gets not_found instead of a half-removed session.
         del self.sessions[sess.name]
+        timer = self._pressure_timers.pop(sess.name, None)
+        if timer:
+            timer.cancel()
         killed = 0
         for call_id in list(sess.calls):
             call = self.calls.get(call_id)
@@ -600,6 +619,104 @@ class Daemon:
         self.watcher.add(cg.path / "memory.events", lambda _p: self._on_memory_events(call.id))
         self.watcher.add(cg.path / "cgroup.events", lambda _p: self._on_cgroup_events(call.id))
 
+    def _watch_session(self, sess: Session) -> None:
+        if self.watcher and sess.memory is not None:
+            name = sess.name
+            self.watcher.add(
+                self._session_cg(name).path / "memory.events",
+                lambda _p: self._on_session_memory_events(name),
+            )
+
+    # ---------------------------------------------------------------- escalation
+    # A session nearing its budget: the kernel throttles it at memory.high (step 1),
+    # the daemon freezes its lowest-priority call (step 2) and, if memory does not
+    # come back within freeze_grace_s, kills that call rather than the agent (step 3).
+
+    def _on_session_memory_events(self, name: str) -> None:
+        sess = self.sessions.get(name)
+        if sess is None:
+            return
+        try:
+            high = self._session_cg(name).memory_events().get("high", 0)
+        except (CgroupError, OSError):
+            return
+        if high <= sess.high_events:
+            return
+        sess.high_events = high
+        live = self._live_calls(sess)
+        if any(c.frozen_at is not None for c in live):
+            return  # one step at a time: the pending check decides what comes next
+        victim = pick_victim(
+            [
+                RunningCall(
+                    c.id,
+                    self.cfg.priorities[c.intent.priority].kill_order,
+                    self._memory_current(c),
+                    c.frozen_at is not None,
+                )
+                for c in live
+            ]
+        )
+        if victim is None:
+            return
+        call = self.calls[victim]
+        try:
+            self._call_cg(call).freeze()
+        except (CgroupError, OSError) as e:
+            log.warning("could not freeze call %s: %s", call.id, e)
+            return
+        call.frozen_at, call.was_frozen = time.monotonic(), True
+        log.info("session %s under memory pressure: froze call %s", name, call.id)
+        self._push(call, "frozen", {"reason": "session_pressure", "session": name})
+        self._schedule_pressure_check(name, PRESSURE_CHECK_S)
+
+    def _live_calls(self, sess: Session) -> list[Call]:
+        calls = (self.calls.get(c) for c in sess.calls)
+        return [
+            c for c in calls if c and c.state in ("pending", "running") and c.killed_reason is None
+        ]
+
+    def _memory_current(self, call: Call) -> int:
+        try:
+            return self._call_cg(call).memory_current()
+        except (CgroupError, OSError):
+            return 0
+
+    def _schedule_pressure_check(self, name: str, delay: float) -> None:
+        old = self._pressure_timers.pop(name, None)
+        if old:
+            old.cancel()
+        self._pressure_timers[name] = asyncio.get_running_loop().call_later(
+            delay, self._pressure_check, name
+        )
+
+    def _pressure_check(self, name: str) -> None:
+        self._pressure_timers.pop(name, None)
+        sess = self.sessions.get(name)
+        if sess is None:
+            return
+        frozen = [c for c in self._live_calls(sess) if c.frozen_at is not None]
+        if not frozen:
+            return
+        scg = self._session_cg(name)
+        try:
+            current, high = scg.memory_current(), scg.read_int("memory.high")
+        except (CgroupError, OSError):
+            return
+        now = time.monotonic()
+        for call in frozen:
+            if high is None or current < 0.9 * high:
+                with contextlib.suppress(CgroupError, OSError):
+                    self._call_cg(call).thaw()
+                self._push(call, "thawed", {"frozen_s": round(now - (call.frozen_at or now), 3)})
+                call.frozen_at = None
+            elif now - (call.frozen_at or now) >= self.cfg.session.freeze_grace_s:
+                log.info("session %s still under pressure: killing call %s", name, call.id)
+                call.frozen_at = None
+                self._spawn(self._kill(call.id, "pressure"))
+            else:
+                self._schedule_pressure_check(name, PRESSURE_CHECK_S)
+
     def _unwatch(self, call: Call) -> None:
         if self.watcher:
             cg = self._call_cg(call)
@@ -739,7 +856,7 @@ class Daemon:
             memory_high_events=max(mev.get("high", 0), call.high_events),
             oom_kills=oom_kills,
             pressure_some_us=stats["psi"],
-            frozen=False,
+            frozen=call.was_frozen,
             killed_reason=killed,
             advice=None,
         )

@@ -145,7 +145,30 @@ def _budget_advice(intent: Intent, budget: int, remaining: int) -> str:
     )
 
 
-KILL_REASONS = ("oom", "timeout", "disconnect", "session_closed", "admin")
+KILL_REASONS = ("oom", "timeout", "disconnect", "session_closed", "pressure", "admin")
+
+
+@dataclass(frozen=True)
+class RunningCall:
+    """What escalation needs to know of one call in a session under pressure."""
+
+    call: str
+    kill_order: int  # from the call's priority; lower goes first
+    memory_current: int
+    frozen: bool
+
+
+def pick_victim(calls: list[RunningCall]) -> str | None:
+    """The call to freeze when a session nears its memory budget, or None.
+
+    The lowest kill_order goes first, the largest of those breaking ties, since it is
+    the likeliest burster. A lone call is never frozen: that would only stall it, and
+    its own memory.max (or the session's) already bounds it.
+    """
+    live = [c for c in calls if not c.frozen]
+    if len(calls) < 2 or not live:
+        return None
+    return min(live, key=lambda c: (c.kill_order, -c.memory_current)).call
 
 
 @dataclass
@@ -251,6 +274,12 @@ def advise(outcome: Outcome, limits: CallLimits, intent: Intent) -> str | None:
         parts.append(
             f"{label} was killed because the connection that began it closed before call.end: "
             "keep that connection open until the tool finishes."
+        )
+    elif o.killed_reason == "pressure":
+        parts.append(
+            f"{label} was paused and then killed to make room for higher-priority calls "
+            "when its session neared its memory budget: retry it when they have finished, "
+            "or open the session with a larger --memory."
         )
     elif o.killed_reason == "session_closed":
         parts.append(f"{label} was killed because its session was closed while it ran.")

@@ -8,9 +8,11 @@ from agentcg.intent import Intent, parse_intent, parse_size
 from agentcg.policy import (
     CallLimits,
     Outcome,
+    RunningCall,
     advise,
     decide,
     format_size,
+    pick_victim,
     retry_size,
     size_arg,
     suggested_memory,
@@ -399,8 +401,31 @@ def test_advice_is_one_line():
 
 def test_suggested_memory_after_oom_is_above_the_old_ask():
     limits = CallLimits(256 * MiB, 320 * MiB, 0, 100, None, None, None)
-    o = outcome(killed_reason="oom", oom_kills=1, peak_memory=320 * MiB,
-                memory_requested=256 * MiB)
+    o = outcome(killed_reason="oom", oom_kills=1, peak_memory=320 * MiB, memory_requested=256 * MiB)
     sugg = suggested_memory(o, limits)
     assert sugg is not None and sugg > 320 * MiB and sugg % (256 * MiB) == 0
     assert suggested_memory(outcome(), limits) is None
+
+
+def test_pick_victim_lowest_priority_then_largest():
+    calls = [
+        RunningCall("chigh", kill_order=20, memory_current=900 * MiB, frozen=False),
+        RunningCall("clow1", kill_order=0, memory_current=100 * MiB, frozen=False),
+        RunningCall("clow2", kill_order=0, memory_current=300 * MiB, frozen=False),
+    ]
+    assert pick_victim(calls) == "clow2"
+    # Already frozen calls are not picked again; the next in line is.
+    calls[2] = RunningCall("clow2", 0, 300 * MiB, frozen=True)
+    assert pick_victim(calls) == "clow1"
+
+
+def test_pick_victim_never_freezes_a_lone_call():
+    assert pick_victim([RunningCall("c1", 0, GiB, frozen=False)]) is None
+    assert pick_victim([]) is None
+    assert pick_victim([RunningCall("a", 0, 1, True), RunningCall("b", 0, 1, True)]) is None
+
+
+def test_pressure_kill_advice():
+    o = outcome(killed_reason="pressure", peak_memory=300 * MiB, frozen=True)
+    text = advise(o, CallLimits(GiB, GiB, 0, 100, None, None, None), intent(label="pytest"))
+    assert text is not None and "higher-priority" in text and "--memory" in text

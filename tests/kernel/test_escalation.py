@@ -1,0 +1,96 @@
+"""Throttle → freeze → kill inside a session near its memory budget, on the real kernel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from agentcg.client import Client
+from tests.kernel.daemon_fixture import RunningDaemon
+
+pytestmark = pytest.mark.kernel
+
+# Touch N MiB, say so, then hold it (or exit at once with "exit").
+HOLD = (
+    "import sys, time\n"
+    "b = bytearray(int(sys.argv[1]) << 20)\n"
+    "b[::4096] = b'x' * len(b[::4096])\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(0 if sys.argv[2] == 'exit' else 600)\n"
+)
+SESSION = "\n[session]\npressure_fraction = 0.75\nfreeze_grace_s = {}"
+
+
+@pytest.mark.parametrize("daemon", [SESSION.format(1.0)], indirect=True, ids=["grace_1s"])
+def test_low_priority_call_is_frozen_then_killed_for_a_critical_one(
+    daemon: RunningDaemon,
+) -> None:
+    with Client() as c:
+        # Budget 400M → session memory.high 300M. Each call stays inside its own ask;
+        # together they do not fit under the session's memory.high.
+        session = c.open_session("crowded", memory="400M")
+        low = c.tool_call(session=session, memory="200M", priority="low", label="build")
+        holder = low.popen(
+            [sys.executable, "-c", HOLD, "170", "hold"], stdout=subprocess.PIPE, text=True
+        )
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+
+        result: dict[str, object] = {}
+
+        def critical() -> None:
+            with (
+                Client() as c2,
+                c2.tool_call(
+                    session=session, memory="200M", priority="critical", label="pytest"
+                ) as call,
+            ):
+                result["proc"] = call.run(
+                    [sys.executable, "-c", HOLD, "180", "exit"], stdout=subprocess.PIPE
+                )
+            result["outcome"] = call.outcome
+
+        t = threading.Thread(target=critical)
+        t.start()
+        t.join(600)
+        assert not t.is_alive()
+        holder.wait(60)
+        low_outcome = low.end(holder.returncode)
+
+    high = result["outcome"]
+    assert isinstance(high, dict)
+    assert high["exit_status"] == 0 and high["oom_kills"] == 0 and high["killed_reason"] is None
+    assert not high["frozen"]
+    assert holder.returncode == -9
+    assert low_outcome["killed_reason"] == "pressure" and low_outcome["frozen"] is True
+    assert "higher-priority" in low_outcome["advice"]
+    names = [e["event"] for e in low.events]
+    assert names.index("frozen") < names.index("killed"), names
+    assert daemon.tool_cgroups() == []
+
+
+@pytest.mark.parametrize("daemon", [SESSION.format(120.0)], indirect=True, ids=["grace_120s"])
+def test_frozen_call_is_thawed_when_memory_comes_back(daemon: RunningDaemon) -> None:
+    with Client() as c:
+        session = c.open_session("breathing", memory="400M")
+        low = c.tool_call(session=session, memory="200M", priority="low", label="build")
+        holder = low.popen(
+            [sys.executable, "-c", HOLD, "170", "hold"], stdout=subprocess.PIPE, text=True
+        )
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        # A critical burst past the session's memory.high (170 + 140 MiB + two
+        # interpreters > 300 MiB) that ends, and frees its memory, within the grace.
+        with c.tool_call(
+            session=session, memory="200M", priority="critical", label="pytest"
+        ) as burst:
+            burst.run([sys.executable, "-c", HOLD, "140", "exit"])
+        assert burst.outcome is not None and burst.outcome["exit_status"] == 0
+        holder.terminate()
+        holder.wait(60)
+        outcome = low.end(holder.returncode)
+    names = [e["event"] for e in low.events]
+    assert "frozen" in names and "thawed" in names and "killed" not in names, names
+    assert outcome["frozen"] is True
+    assert outcome["killed_reason"] is None and outcome["signal"] == 15
