@@ -433,10 +433,15 @@ class Daemon:
                 killed += call.state in ("pending", "running")
                 await self._finish_if_live(call, "session_closed")
         mount = find_cgroup2_mount() or Path("/sys/fs/cgroup")
-        for pid, origin in sess.adopted.items():
-            # Give adopted agents back to where they came from, if it still exists.
-            with contextlib.suppress(CgroupError, OSError, ValueError):
-                Cgroup(mount / origin.lstrip("/")).add_process(int(pid))
+        agent = self._session_cg(sess.name).child("agent")
+        with contextlib.suppress(CgroupError, OSError):
+            still_there = set(agent.procs())
+            for pid, origin in sess.adopted.items():
+                # Give adopted agents back to where they came from, if that still
+                # exists; a pid no longer in agent/ exited (and may be recycled).
+                if int(pid) in still_there:
+                    with contextlib.suppress(CgroupError, OSError):
+                        Cgroup(mount / origin.lstrip("/")).add_process(int(pid))
         await self._remove_cgroup_async(self._session_cg(sess.name))
         self._save()
         return {"closed": sess.name, "killed_calls": killed}

@@ -124,3 +124,33 @@ def test_a_tool_cannot_escape_its_call(daemon: RunningDaemon) -> None:
         assert nested.returncode == 0
         assert nested.stdout.strip().endswith(f"/tools/{outer.id}")
         assert c.request("session.status", session=session)["session"] == session
+
+
+ADOPTED_AGENT = """
+import json
+from pathlib import Path
+from agentcg.client import Client
+me = lambda: Path("/proc/self/cgroup").read_text().strip()[3:]
+before = me()
+c = Client()
+session = c.request("session.open", name="adopted", adopt=True)["session"]
+inside = me()
+bound = Client().server.get("session")
+with c.tool_call(memory="32M", label="true") as call:  # no session named: the bound one
+    call.run(["true"])
+closed = c.close_session(session)
+print(json.dumps({"before": before, "inside": inside, "bound": bound,
+                  "call_session": call.info["session"], "after": me()}))
+"""
+
+
+def test_adopted_agent_lives_in_its_session_and_is_given_back(daemon: RunningDaemon) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", ADOPTED_AGENT], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    assert seen["inside"].endswith("/sessions/adopted/agent")
+    assert seen["bound"] == "adopted" and seen["call_session"] == "adopted"
+    assert seen["after"] == seen["before"]
+    assert not (daemon.root.path / "sessions/adopted").exists()
