@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from agentcg.client import Client
+from agentcg.client import Client, ToolCall
 from tests.kernel.daemon_fixture import RunningDaemon
 
 pytestmark = pytest.mark.kernel
@@ -21,6 +21,18 @@ HOLD = (
     "print('ready', flush=True)\n"
     "time.sleep(0 if sys.argv[2] == 'exit' else 600)\n"
 )
+
+
+def hold_low_priority_call(c: Client, session: str) -> tuple[ToolCall, subprocess.Popen[str]]:
+    """A low-priority call that takes 170 MiB of its 200M ask and keeps it."""
+    low = c.tool_call(session=session, memory="200M", priority="low", label="build")
+    holder = low.popen(
+        [sys.executable, "-c", HOLD, "170", "hold"], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+    return low, holder
+
+
 SESSION = "\n[session]\npressure_fraction = 0.75\nfreeze_grace_s = {}"
 
 
@@ -32,11 +44,7 @@ def test_low_priority_call_is_frozen_then_killed_for_a_critical_one(
         # Budget 400M → session memory.high 300M. Each call stays inside its own ask;
         # together they do not fit under the session's memory.high.
         session = c.open_session("crowded", memory="400M")
-        low = c.tool_call(session=session, memory="200M", priority="low", label="build")
-        holder = low.popen(
-            [sys.executable, "-c", HOLD, "170", "hold"], stdout=subprocess.PIPE, text=True
-        )
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        low, holder = hold_low_priority_call(c, session)
 
         result: dict[str, object] = {}
 
@@ -75,11 +83,7 @@ def test_low_priority_call_is_frozen_then_killed_for_a_critical_one(
 def test_frozen_call_is_thawed_when_memory_comes_back(daemon: RunningDaemon) -> None:
     with Client() as c:
         session = c.open_session("breathing", memory="400M")
-        low = c.tool_call(session=session, memory="200M", priority="low", label="build")
-        holder = low.popen(
-            [sys.executable, "-c", HOLD, "170", "hold"], stdout=subprocess.PIPE, text=True
-        )
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        low, holder = hold_low_priority_call(c, session)
         # A critical burst past the session's memory.high (170 + 140 MiB + two
         # interpreters > 300 MiB) that ends, and frees its memory, within the grace.
         with c.tool_call(
