@@ -301,6 +301,7 @@ class ToolCall:
         self.id = ""
         self.token = ""
         self.info: dict[str, Any] = {}
+        self._began_on = -1
 
     def begin(self) -> ToolCall:
         args: dict[str, Any] = {"intent": self.intent}
@@ -308,6 +309,7 @@ class ToolCall:
             args["session"] = self.session
         self.info = self.client.request("call.begin", **args)
         self.id, self.token = self.info["call"], self.info["token"]
+        self._began_on = self.client._gen  # which connection (daemon instance) saw the begin
         self.client._calls[self.id] = self
         return self
 
@@ -379,9 +381,10 @@ class ToolCall:
                 self.outcome = self.client.request("call.end", **args)
                 break
             except AgentcgError as e:
-                if e.code == "not_found" and self.token:
+                if e.code == "not_found" and self.token and self.client._gen != self._began_on:
                     # Ours, but it finished while the daemon was down and the restarted
                     # daemon removed it: its statistics are gone, its status is not.
+                    # (On the connection that began it, not_found means it really ended.)
                     self.outcome = recovered_outcome(self, exit_status)
                     break
                 # The daemon may be restarting; it keeps the call for us meanwhile.

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from agentcg.client import Client, ToolCall
+from agentcg.client import Client
 from agentcg.errors import AgentcgError
 from agentcg.policy import Outcome
 from agentcg.protocol import encode, err, ok
@@ -235,26 +235,25 @@ def test_reconnect_reclaims_calls_and_drops_finished(daemon: FakeDaemon, sock_pa
             assert gone.id not in client._calls
             assert alive.end(0)["exit_status"] == 0
             assert "recovered" not in alive.outcome
+            # `gone` finished while the daemon was down: its status survives, stats do not.
+            outcome = gone.end(-9)
+            assert set(outcome) == OUTCOME_KEYS | {"recovered"}
+            assert outcome["recovered"] is True
+            assert (outcome["call"], outcome["label"]) == (gone.id, "pip")
+            assert (outcome["exit_status"], outcome["signal"]) == (None, 9)
+            assert outcome["advice"] is None and outcome["peak_memory"] == 0
         finally:
             restarted.stop()
 
 
-def test_end_not_found_gives_recovered_outcome(daemon: FakeDaemon, client: Client):
+def test_end_not_found_without_a_restart_stays_an_error(daemon: FakeDaemon, client: Client):
+    # On the connection that began it, not_found means the call really ended
+    # (another end, session.close): no made-up outcome.
     call = client.tool_call(label="pytest").begin()
-    del daemon.calls[call.id]  # finished while the daemon was down
-    outcome = call.end(-9)
-    assert set(outcome) == OUTCOME_KEYS | {"recovered"}
-    assert outcome["recovered"] is True
-    assert (outcome["call"], outcome["label"]) == (call.id, "pytest")
-    assert (outcome["exit_status"], outcome["signal"]) == (None, 9)
-    assert outcome["advice"] is None and outcome["peak_memory"] == 0
-    assert call.outcome is outcome and call.id not in client._calls
-    # Without our token it is not "ours": not_found stays an error.
-    stranger = ToolCall(client, None, {})
-    stranger.id = "c000000000000"
+    del daemon.calls[call.id]
     with pytest.raises(AgentcgError) as ei:
-        stranger.end(0)
-    assert ei.value.code == "not_found"
+        call.end(-9)
+    assert ei.value.code == "not_found" and call.outcome is None
 
 
 def test_popen_attaches_the_child_on_its_own_connection(daemon: FakeDaemon, client: Client):
