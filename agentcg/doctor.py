@@ -494,7 +494,8 @@ def bcc_check() -> Check:
 
 def _run(argv: list[str]) -> str | None:
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        # Generous: clang loads all of libLLVM, which takes seconds under emulation.
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return r.stdout if r.returncode == 0 else None
