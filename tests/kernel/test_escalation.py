@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
+from agentcg.cgroup import Cgroup
 from agentcg.client import Client, ToolCall
 from tests.kernel.daemon_fixture import RunningDaemon
 
 pytestmark = pytest.mark.kernel
 
-# Touch N MiB, say so, then hold it (or exit at once with "exit").
+# Touch N MiB, say so, then hold it (or exit at once with "exit"); SIGUSR1 exits 7.
 HOLD = (
-    "import sys, time\n"
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGUSR1, lambda *_: sys.exit(7))\n"
     "b = bytearray(int(sys.argv[1]) << 20)\n"
     "b[::4096] = b'x' * len(b[::4096])\n"
     "print('ready', flush=True)\n"
@@ -91,10 +96,19 @@ def test_frozen_call_is_thawed_when_memory_comes_back(daemon: RunningDaemon) -> 
         ) as burst:
             burst.run([sys.executable, "-c", HOLD, "140", "exit"])
         assert burst.outcome is not None and burst.outcome["exit_status"] == 0
-        holder.terminate()
+        assert "frozen" in [e["event"] for e in low.events]
+        # The daemon looks every 0.25 s; memory is back now, so the holder runs again.
+        deadline = time.monotonic() + 60
+        while "thawed" not in [e["event"] for e in low.events]:
+            assert time.monotonic() < deadline, low.events
+            time.sleep(0.1)
+        assert Cgroup(Path(low.info["cgroup"])).frozen is False
+        assert holder.poll() is None
+        # A handled signal proves it runs again (a fatal one would end even a frozen task).
+        holder.send_signal(signal.SIGUSR1)
         holder.wait(60)
         outcome = low.end(holder.returncode)
     names = [e["event"] for e in low.events]
-    assert "frozen" in names and "thawed" in names and "killed" not in names, names
+    assert names.index("frozen") < names.index("thawed") and "killed" not in names, names
     assert outcome["frozen"] is True
-    assert outcome["killed_reason"] is None and outcome["signal"] == 15
+    assert outcome["killed_reason"] is None and outcome["exit_status"] == 7
