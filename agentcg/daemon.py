@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentcg import __version__, state
+from agentcg import __version__
 from agentcg.cgroup import Cgroup, CgroupError, find_cgroup2_mount
 from agentcg.config import Config
 from agentcg.errors import AgentcgError
@@ -44,6 +44,7 @@ from agentcg.policy import (
 )
 from agentcg.protocol import Request, negotiate_version
 from agentcg.protocol import event as protocol_event
+from agentcg.state import State
 from agentcg.watch import Watcher
 
 log = logging.getLogger("agentcg.daemon")
@@ -125,6 +126,30 @@ def _pass_protection(cg: Cgroup) -> None:
     cg.write("memory.low", "max")
 
 
+def _session_from_record(rec: dict[str, Any]) -> Session | None:
+    try:
+        return Session(**rec)
+    except TypeError:  # a record from another version: recover it as unowned
+        return None
+
+
+def _call_from_record(call_id: str, rec: dict[str, Any]) -> Call | None:
+    try:
+        return Call(
+            id=call_id,
+            session=rec["session"],
+            token=rec["token"],
+            owner_uid=rec["owner_uid"],
+            owner_pid=rec["owner_pid"],
+            intent=Intent(**rec["intent"]),
+            limits=_limits_from_record(rec["limits"]),
+            started=rec["started"],
+            state="running",
+        )
+    except (KeyError, TypeError, IndexError):  # unusable: its call cannot be given back
+        return None
+
+
 def _limits_from_record(d: dict[str, Any]) -> CallLimits:
     cpu_max = d["cpu_max"]
     return CallLimits(
@@ -158,7 +183,7 @@ class Daemon:
         self.sessions: dict[str, Session] = {}
         self.calls: dict[str, Call] = {}
         self.watcher: Watcher | None = None
-        self.state_path = cfg.daemon.state_dir / "state.json"
+        self.state = State(cfg.daemon.state_dir)
         self._tasks: set[asyncio.Task[Any]] = set()  # keeps timer-started work alive
         self._pressure_timers: dict[str, asyncio.TimerHandle] = {}
         self._handlers: dict[str, Callable[[Connection, dict[str, Any]], Awaitable[dict]]] = {
@@ -212,38 +237,29 @@ class Daemon:
         self.recover()
 
     def recover(self) -> None:
-        """Rebuild sessions and calls from cgroupfs plus the state file."""
-        saved = state.load(self.state_path)
-        if saved.get("corrupt"):
-            log.warning("state file %s unreadable; recovering from cgroupfs alone", self.state_path)
+        """Rebuild sessions and calls from cgroupfs plus the state records."""
+        saved, unreadable = self.state.load()
+        for path in unreadable:
+            log.warning("state record %s unreadable; recovering from cgroupfs alone", path)
         for scg in self.sessions_cg.children():
-            rec = saved["sessions"].get(scg.name)
-            if rec:
-                sess = Session(**{k: v for k, v in rec.items() if k != "calls"})
-            else:
+            rec = saved["sessions"].pop(scg.name, None)
+            sess = _session_from_record(rec) if rec else None
+            if sess is None:
                 log.warning("session %s has no record; only admins can act on it", scg.name)
                 sess = Session(
                     scg.name, None, None, None, None, None, self.cfg.session.max_calls, time.time()
                 )
+                self.state.put("sessions", sess.name, sess.record())
             self.sessions[sess.name] = sess
             self._watch_session(sess)
             for ccg in scg.child("tools").children() if scg.child("tools").exists() else []:
-                rec = saved["calls"].get(ccg.name)
-                if rec is None or rec.get("session") != sess.name or not ccg.populated:
+                rec = saved["calls"].pop(ccg.name, None)
+                call = _call_from_record(ccg.name, rec) if rec else None
+                if call is None or call.session != sess.name or not ccg.populated:
                     # Finished while we were down, or unknown: nothing to give back.
                     self._remove_cgroup(ccg, kill=True)
+                    self.state.drop("calls", ccg.name)
                     continue
-                call = Call(
-                    id=ccg.name,
-                    session=sess.name,
-                    token=rec["token"],
-                    owner_uid=rec["owner_uid"],
-                    owner_pid=rec["owner_pid"],
-                    intent=Intent(**rec["intent"]),
-                    limits=_limits_from_record(rec["limits"]),
-                    started=rec["started"],
-                    state="running",
-                )
                 self.calls[call.id] = call
                 sess.calls.add(call.id)
                 if ccg.frozen:  # frozen by our predecessor; a new pressure event re-decides
@@ -255,7 +271,9 @@ class Daemon:
                     self.cfg.daemon.reclaim_grace_s, self._orphan_timeout, call.id
                 )
                 log.info("recovered running call %s in session %s", call.id, sess.name)
-        self._save()
+        for kind, records in saved.items():  # records whose cgroups are gone
+            for name in records:
+                self.state.drop(kind, name)
 
     # ---------------------------------------------------------------- dispatch
 
@@ -404,7 +422,7 @@ class Daemon:
             raise _err("internal", f"could not create session cgroup {scg.path}: {e}") from e
         self.sessions[name] = sess
         self._watch_session(sess)
-        self._save()
+        self.state.put("sessions", name, sess.record())
         log.info("session %s opened by uid %s container %s", name, peer.uid, peer.container)
         return sess
 
@@ -413,7 +431,7 @@ class Daemon:
         agent = self._session_cg(sess.name).child("agent")
         sess.adopted[str(peer.pid)] = peer.cgroup
         agent.add_process(peer.pid)
-        self._save()
+        self.state.put("sessions", sess.name, sess.record())
 
     def _session_cg(self, name: str) -> Cgroup:
         return self.sessions_cg.child(name)
@@ -443,7 +461,7 @@ class Daemon:
                     with contextlib.suppress(CgroupError, OSError):
                         Cgroup(mount / origin.lstrip("/")).add_process(int(pid))
         await self._remove_cgroup_async(self._session_cg(sess.name))
-        self._save()
+        self.state.drop("sessions", sess.name)
         return {"closed": sess.name, "killed_calls": killed}
 
     async def _session_status(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
@@ -522,7 +540,7 @@ class Daemon:
         sess.calls.add(call_id)
         conn.calls.add(call_id)
         self._arm_timeout(call)
-        self._save()
+        self.state.put("calls", call_id, call.record())
         return {
             "call": call_id,
             "token": call.token,
@@ -824,7 +842,7 @@ class Daemon:
         self._push(
             call, "ended", {"exit_status": exit_status, "killed_reason": outcome.killed_reason}
         )
-        self._save()
+        self.state.drop("calls", call.id)
         return outcome
 
     async def _finish_if_live(self, call: Call, reason: str) -> None:
@@ -890,15 +908,7 @@ class Daemon:
         except (CgroupError, OSError) as e:
             log.error("could not remove %s: %s", cg.path, e)
 
-    def _save(self) -> None:
-        state.save(
-            self.state_path,
-            {n: s.record() for n, s in self.sessions.items()},
-            {c.id: c.record() for c in self.calls.values() if c.state != "ended"},
-        )
-
     async def shutdown(self) -> None:
         """Graceful stop: calls keep running; a restarted daemon adopts them."""
-        self._save()
         if self.watcher:
             self.watcher.close()
