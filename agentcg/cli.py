@@ -34,7 +34,9 @@ def main() -> None:
 @click.option("--root", type=click.Path(path_type=Path), help="cgroup subtree to own")
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="socket path")
 @click.option("--socket-group", help="group that may connect to the socket")
-@click.option("--state-dir", type=click.Path(path_type=Path), help="where the state records live (state.v2/)")
+@click.option(
+    "--state-dir", type=click.Path(path_type=Path), help="where the state records live (state.v2/)"
+)
 @click.option(
     "--delegated",
     is_flag=True,
