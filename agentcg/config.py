@@ -42,6 +42,7 @@ class DaemonConfig:
     state_dir: Path = Path("/run/agentcg")
     max_frame: int = 65536
     max_connections: int = 1024
+    max_connections_per_peer: int = 256  # per (uid, container): one agent cannot take all
     max_requests_per_second: int = 200  # per connection
     idle_timeout_s: float = 300.0
     frame_timeout_s: float = 10.0  # a frame once started must complete within this
@@ -67,6 +68,7 @@ class SessionConfig:
     max_memory: int | None = None
     max_calls: int = 64
     default_pids: int = 4096
+    max_per_owner: int = 32  # open sessions per (uid, container)
     # Escalation inside a session that has a memory budget: at this share of the
     # budget (its memory.high) the kernel throttles and the daemon freezes the
     # lowest-priority call; 1.0 turns it off and leaves the kernel's OOM killer.
@@ -228,6 +230,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
             "state_dir": _abs_path,
             "max_frame": _int(4096, 16 * MiB),
             "max_connections": _int(1, 1_000_000),
+            "max_connections_per_peer": _int(1, 1_000_000),
             "max_requests_per_second": _int(1, 1_000_000),
             "idle_timeout_s": _seconds(0.0, 7 * 86400.0),
             "frame_timeout_s": _seconds(0.0, 3600.0),
@@ -242,6 +245,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
             "max_memory": _nullable(_size),
             "max_calls": _int(1, 1_000_000),
             "default_pids": _int(1, MAX_PIDS),
+            "max_per_owner": _int(1, 1_000_000),
             "pressure_fraction": _pressure_fraction,
             "freeze_grace_s": _seconds(0.0, 3600.0),
         },

@@ -382,6 +382,16 @@ class Daemon:
                 "conflict", f"session {name!r} is already open; close it or pick another name"
             )
         caps = self.cfg.session
+        owned = sum(
+            1
+            for s in self.sessions.values()
+            if (s.owner_uid, s.container) == (peer.uid, peer.container)
+        )
+        if owned >= caps.max_per_owner and not self.is_admin(peer):
+            raise _err(
+                "limit_exceeded",
+                f"you already have {owned} sessions open (session.max_per_owner); close one first",
+            )
         # Not asking must not get around the cap.
         memory = args.get("memory", caps.default_memory or caps.max_memory)
         if memory is not None and caps.max_memory is not None and memory > caps.max_memory:

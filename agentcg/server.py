@@ -34,6 +34,7 @@ class Server:
         self.daemon = daemon
         self.cfg = daemon.cfg.daemon
         self.active = 0
+        self.per_peer: dict[tuple[int, str | None], int] = {}
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -87,20 +88,25 @@ class Server:
         except PeerGone:
             writer.close()
             return
+        key = (peer.uid, peer.container)
+        refusal = None
         if self.active >= self.cfg.max_connections:
-            writer.write(
-                protocol.encode(
-                    protocol.err(
-                        None,
-                        AgentcgError("busy", "the daemon is at max_connections; retry shortly"),
-                    )
-                )
+            refusal = "the daemon is at max_connections; retry shortly"
+        elif self.per_peer.get(
+            key, 0
+        ) >= self.cfg.max_connections_per_peer and not self.daemon.is_admin(peer):
+            refusal = (
+                f"you already hold {self.cfg.max_connections_per_peer} connections "
+                "(max_connections_per_peer); close some or reuse one"
             )
+        if refusal:
+            writer.write(protocol.encode(protocol.err(None, AgentcgError("busy", refusal))))
             with contextlib.suppress(OSError):
                 await writer.drain()
             writer.close()
             return
         self.active += 1
+        self.per_peer[key] = self.per_peer.get(key, 0) + 1
 
         def push(msg: dict[str, Any]) -> None:
             if writer.is_closing():
@@ -119,6 +125,9 @@ class Server:
             pass  # the peer vanished mid-reply; its calls are cleaned up below
         finally:
             self.active -= 1
+            self.per_peer[key] -= 1
+            if not self.per_peer[key]:
+                del self.per_peer[key]
             try:
                 await self.daemon.connection_lost(conn)
             except Exception:  # the socket must still be closed, and the bug seen

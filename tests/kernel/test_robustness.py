@@ -972,3 +972,38 @@ def test_owner_vanishes_while_session_close_drains(daemon: RunningDaemon) -> Non
     assert daemon.tool_cgroups() == []
     assert_serves(daemon)
     no_tracebacks(daemon)
+
+
+@pytest.mark.parametrize(
+    "daemon",
+    ["max_connections_per_peer = 3\n[session]\nmax_per_owner = 2"],
+    indirect=True,
+    ids=["per_peer_caps"],
+)
+def test_one_agent_cannot_starve_the_others(daemon: RunningDaemon) -> None:
+    """Per-agent caps: connections and sessions of one (uid, container) are bounded,
+    while other agents and the admin are still served."""
+
+    def greedy(chan: Chan) -> None:
+        held = [Raw(daemon) for _ in range(3)]
+        for r in held:
+            r.ok("hello", version=1)
+        with Raw(daemon) as extra:
+            fourth = extra.frame()
+        sessions = []
+        for i in range(3):
+            reply = held[0].request("session.open", name=f"g{i}")
+            sessions.append("ok" if reply and reply["ok"] else reply and reply["error"]["code"])
+        chan.send({"fourth": fourth, "sessions": sessions})
+        chan.recv()  # hold the connections until the parent has checked the others
+        for r in held:
+            r.close()
+
+    child = Forked(greedy, uid=NOBODY)
+    got = child.recv()
+    assert_error(got["fourth"], "busy")
+    assert got["sessions"] == ["ok", "ok", "limit_exceeded"], got
+    # Another agent (here: root, the admin) is served meanwhile.
+    assert_serves(daemon)
+    child.send("done")
+    assert child.wait() == 0
