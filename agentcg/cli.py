@@ -213,18 +213,20 @@ def vm() -> None:
 
 
 @vm.command("run", context_settings={"ignore_unknown_options": True})
-@click.option("--cpus", type=int, default=2)
-@click.option("--memory", default="2G")
-@click.option("--timeout", type=float, default=3600)
+@click.option("--cpus", type=int, default=2, help="guest vCPUs")
+@click.option("--memory", default="2G", help="guest memory")
+@click.option("--timeout", type=float, default=3600, help="seconds for the whole run")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def vm_run(command: tuple[str, ...], cpus: int, memory: str, timeout: float) -> None:
-    """Run COMMAND as root inside the pinned test kernel."""
+    """Run COMMAND as root inside the pinned test kernel; exit with its status
+    (125 when the VM itself failed)."""
     from agentcg import vm as vmmod
 
     try:
         sys.exit(vmmod.run(list(command), cpus=cpus, memory=memory, timeout=timeout))
     except vmmod.VMError as e:
-        raise click.ClickException(str(e)) from None
+        click.echo(f"vm-run: error: {e}", err=True)
+        sys.exit(125)
 
 
 @main.group()

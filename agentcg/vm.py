@@ -223,23 +223,3 @@ def run(cmd: list[str], *, cpus: int = 2, memory: str = "2G", timeout: float = 3
             stream=True,
             boot_timeout=300,
         )
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="vm-run", description=__doc__.splitlines()[0])
-    parser.add_argument("--cpus", type=int, default=2)
-    parser.add_argument("--memory", default="2G")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds for the whole run")
-    parser.add_argument("cmd", nargs="+", help="command to run as root in the guest (after --)")
-    args = parser.parse_args(argv)
-    try:
-        return run(args.cmd, cpus=args.cpus, memory=args.memory, timeout=args.timeout)
-    except VMError as e:
-        print(f"vm-run: error: {e}", file=sys.stderr)
-        return 125
-
-
-if __name__ == "__main__":
-    sys.exit(main())
