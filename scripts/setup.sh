@@ -63,8 +63,9 @@ installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^instal
 version_at_least() { dpkg --compare-versions "$(dpkg-query -W -f='${Version}' "$1" 2>/dev/null)" ge "$2"; }
 
 setup_apt() {
+  # docker.io: a real engine for the container-identity kernel tests (run in the VM).
   local base=(qemu-system-x86 kmod busybox-static clang-19 llvm-19 python3-bpfcc python3-venv
-              python3-pip iproute2)
+              python3-pip iproute2 docker.io)
   local missing=()
   for p in "${base[@]}"; do installed "$p" || missing+=("$p"); done
   # struct_ops links need libbpf >= 1.4 and bpftool 7.x; bookworm has them only in backports.
