@@ -67,24 +67,25 @@ def run_demo(session: str = "demo") -> int:
         if advice is None:
             print("\nno call hit its limit; nothing to retry")
             return 1
-        # Retry lighter on the agent's side: at the size the daemon suggests,
-        # a few times at most, as an agent following the advice would.
+        # Retry at the size the daemon suggests, a few times at most, as an agent
+        # following the advice would (an OOM-killed call's peak is its limit, not its need).
         for _ in range(4):
             retry = advice["suggested_memory"]
             with client.tool_call(session=session, memory=retry, label="pytest") as call:
                 call.run([py, "-c", BURST, "300"])
-            assert call.outcome is not None
-            print(_describe(f"retry asking {format_size(retry)}", call.outcome))
-            if not call.outcome["suggested_memory"]:
+            outcome = call.outcome
+            assert outcome is not None
+            print(_describe(f"retry asking {format_size(retry)}", outcome))
+            if not outcome["suggested_memory"]:
                 break
-            advice = call.outcome
+            advice = outcome
         status = client.request("session.status", session=session)
         print(
             f"\nsession peak {format_size(status['usage'].get('memory_peak') or 0)}; "
             f"the agent process was never touched"
         )
         client.close_session(session)
-        return 0 if call.outcome["exit_status"] == 0 else 1
+        return 0 if outcome["exit_status"] == 0 else 1
 
 
 def main() -> int:
