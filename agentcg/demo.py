@@ -73,8 +73,8 @@ def run_demo(session: str = "demo") -> int:
             retry = advice["suggested_memory"]
             with client.tool_call(session=session, memory=retry, label="pytest") as call:
                 call.run([py, "-c", BURST, "300"])
-            outcome = call.outcome
-            assert outcome is not None
+            assert call.outcome is not None
+            outcome: dict[str, Any] = call.outcome
             print(_describe(f"retry asking {format_size(retry)}", outcome))
             if not outcome["suggested_memory"]:
                 break
