@@ -55,10 +55,6 @@ DRAIN_TIMEOUT_S = 5.0  # how long a killed call may take to empty
 PRESSURE_CHECK_S = 0.25  # while a call is frozen: how often to see if memory came back
 
 
-def _err(code: str, message: str) -> AgentcgError:
-    return AgentcgError(code, message)
-
-
 @dataclass
 class Session:
     name: str
@@ -108,7 +104,7 @@ class Call:
             "owner_uid": self.owner_uid,
             "owner_pid": self.owner_pid,
             "intent": asdict(self.intent),
-            "limits": asdict(self.limits),
+            "limits": self.limits.to_dict(),
             "started": self.started,
         }
 
@@ -205,11 +201,13 @@ class Daemon:
         """Create the subtree and move the daemon into its supervisor leaf."""
         mount = find_cgroup2_mount()
         if mount is None or not (mount / "cgroup.controllers").exists():
-            raise _err("unavailable", "no cgroup v2 hierarchy is mounted: run `agentcg doctor`")
+            raise AgentcgError(
+                "unavailable", "no cgroup v2 hierarchy is mounted: run `agentcg doctor`"
+            )
         parent = Cgroup(self.root.path.parent)
         missing = set(CONTROLLERS) - parent.controllers()
         if missing:
-            raise _err(
+            raise AgentcgError(
                 "unavailable",
                 f"cgroup {parent.path} lacks controllers "
                 f"{', '.join(sorted(missing))}: run `agentcg doctor`",
@@ -217,7 +215,7 @@ class Daemon:
         if parent.path == mount:
             parent.enable_controllers(CONTROLLERS)
         elif set(CONTROLLERS) - parent.subtree_control():
-            raise _err(
+            raise AgentcgError(
                 "unavailable",
                 f"{parent.path} does not delegate {', '.join(CONTROLLERS)}"
                 " to its children: set Delegate=yes on the unit or pick another root",
@@ -279,7 +277,7 @@ class Daemon:
 
     async def handle(self, conn: Connection, req: Request) -> dict[str, Any]:
         if req.spec.admin and not self.is_admin(conn.peer):
-            raise _err(
+            raise AgentcgError(
                 "unauthorized",
                 f"{req.op} is an admin operation; your uid "
                 f"{conn.peer.uid} is not in the config's [admin] uids/gids",
@@ -312,7 +310,7 @@ class Daemon:
         where = self._locate(peer)
         if where.call:
             # A tool may not steer its own session: close it, open others, adopt itself.
-            raise _err(
+            raise AgentcgError(
                 "unauthorized",
                 f"a tool inside call {where.call} cannot act on sessions; "
                 "its agent (the process that began the call) can",
@@ -321,7 +319,7 @@ class Daemon:
             return
         if sess.owner_uid == peer.uid and sess.container == peer.container:
             return
-        raise _err(
+        raise AgentcgError(
             "unauthorized",
             f"session {sess.name!r} belongs to another agent; open your own with session.open",
         )
@@ -329,7 +327,7 @@ class Daemon:
     def _get_session(self, peer: Peer, name: str) -> Session:
         sess = self.sessions.get(name)
         if sess is None:
-            raise _err("not_found", f"no session {name!r}: open it first with session.open")
+            raise AgentcgError("not_found", f"no session {name!r}: open it first with session.open")
         self._authorize(peer, sess)
         return sess
 
@@ -351,7 +349,7 @@ class Daemon:
 
     async def _session_open(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
         if args.get("adopt") and conn.peer.container and not self.is_admin(conn.peer):
-            raise _err(
+            raise AgentcgError(
                 "unauthorized",
                 "adopt would take the agent out of its container's cgroup and limits; "
                 "open the session without adopt",
@@ -364,11 +362,13 @@ class Daemon:
     def _open_session(self, peer: Peer, args: dict[str, Any]) -> Session:
         where = self._locate(peer)
         if where.call:
-            raise _err("unauthorized", f"a tool inside call {where.call} cannot open sessions")
+            raise AgentcgError(
+                "unauthorized", f"a tool inside call {where.call} cannot open sessions"
+            )
         default = where.session or self._default_session_name(peer)
         name = args.get("name") or default
         if name != default and name.startswith(("uid-", "ctr-")) and not self.is_admin(peer):
-            raise _err(
+            raise AgentcgError(
                 "invalid_value",
                 f"session names starting uid- or ctr- are reserved for default sessions; "
                 f"yours is {default!r}",
@@ -378,7 +378,7 @@ class Daemon:
             self._authorize(peer, existing)
             if not args.get("name"):
                 return existing  # the peer's default session is opened once and reused
-            raise _err(
+            raise AgentcgError(
                 "conflict", f"session {name!r} is already open; close it or pick another name"
             )
         caps = self.cfg.session
@@ -388,14 +388,14 @@ class Daemon:
             if (s.owner_uid, s.container) == (peer.uid, peer.container)
         )
         if owned >= caps.max_per_owner and not self.is_admin(peer):
-            raise _err(
+            raise AgentcgError(
                 "limit_exceeded",
                 f"you already have {owned} sessions open (session.max_per_owner); close one first",
             )
         # Not asking must not get around the cap.
         memory = args.get("memory", caps.default_memory or caps.max_memory)
         if memory is not None and caps.max_memory is not None and memory > caps.max_memory:
-            raise _err(
+            raise AgentcgError(
                 "limit_exceeded",
                 f"session memory {format_size(memory)} exceeds the configured cap "
                 f"{format_size(caps.max_memory)}; ask for less",
@@ -429,7 +429,9 @@ class Daemon:
                 _pass_protection(cg)
         except (CgroupError, OSError) as e:
             self._remove_cgroup(scg, kill=True)
-            raise _err("internal", f"could not create session cgroup {scg.path}: {e}") from e
+            raise AgentcgError(
+                "internal", f"could not create session cgroup {scg.path}: {e}"
+            ) from e
         self.sessions[name] = sess
         self._watch_session(sess)
         self.state.put("sessions", name, sess.record())
@@ -511,7 +513,7 @@ class Daemon:
         intent = parse_intent(args["intent"], self.cfg)  # before any side effect
         where = self._locate(peer)
         if where.call:
-            raise _err(
+            raise AgentcgError(
                 "conflict",
                 f"already inside tool call {where.call}: run the command directly "
                 "(`agentcg run` does so by itself)",
@@ -519,7 +521,7 @@ class Daemon:
         name = args.get("session") or where.session
         sess = self._get_session(peer, name) if name else self._open_session(peer, {})
         if len(sess.calls) >= sess.max_calls:
-            raise _err(
+            raise AgentcgError(
                 "limit_exceeded",
                 f"session {sess.name!r} already runs {len(sess.calls)} "
                 "tool calls (its max_calls); wait for one to end",
@@ -545,7 +547,9 @@ class Daemon:
         except (CgroupError, OSError) as e:
             self._unwatch(call)
             self._remove_cgroup(ccg, kill=True)
-            raise _err("internal", f"could not set up the call's cgroup {ccg.path}: {e}") from e
+            raise AgentcgError(
+                "internal", f"could not set up the call's cgroup {ccg.path}: {e}"
+            ) from e
         self.calls[call_id] = call
         sess.calls.add(call_id)
         conn.calls.add(call_id)
@@ -556,7 +560,7 @@ class Daemon:
             "token": call.token,
             "session": sess.name,
             "cgroup": str(ccg.path),
-            "limits": asdict(limits),
+            "limits": limits.to_dict(),
         }
 
     @staticmethod
@@ -573,13 +577,13 @@ class Daemon:
     def _owned_call(self, peer: Peer, call_id: str, token: str | None) -> Call:
         call = self.calls.get(call_id)
         if call is None:
-            raise _err("not_found", f"no running call {call_id!r}: it ended or never began")
+            raise AgentcgError("not_found", f"no running call {call_id!r}: it ended or never began")
         if token is not None and not secrets.compare_digest(token, call.token):
-            raise _err("unauthorized", f"wrong token for call {call_id!r}")
+            raise AgentcgError("unauthorized", f"wrong token for call {call_id!r}")
         if not self.is_admin(peer):
             sess = self.sessions.get(call.session)
             if call.owner_uid != peer.uid or (sess and sess.container != peer.container):
-                raise _err("unauthorized", f"call {call_id!r} belongs to another agent")
+                raise AgentcgError("unauthorized", f"call {call_id!r} belongs to another agent")
         return call
 
     async def _call_attach(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
@@ -587,16 +591,18 @@ class Daemon:
         peer = conn.peer
         call = self._owned_call(peer, args["call"], args["token"])
         if not is_descendant(peer.pid, call.owner_pid):
-            raise _err(
+            raise AgentcgError(
                 "unauthorized",
                 f"pid {peer.pid} is not a descendant of the process "
                 f"that began call {call.id}; only its own children can attach",
             )
         if call.state == "ended":
-            raise _err("conflict", f"call {call.id} is ending; begin a new call")
+            raise AgentcgError("conflict", f"call {call.id} is ending; begin a new call")
         inside = self._locate(peer).call
         if inside and inside != call.id:
-            raise _err("unauthorized", f"pid {peer.pid} belongs to call {inside}; it cannot move")
+            raise AgentcgError(
+                "unauthorized", f"pid {peer.pid} belongs to call {inside}; it cannot move"
+            )
         ccg = self._call_cg(call)
         ccg.add_process(peer.pid)
         call.state = "running"
@@ -637,7 +643,7 @@ class Daemon:
             "label": call.intent.label,
             "state": call.state,
             "started": call.started,
-            "limits": asdict(call.limits),
+            "limits": call.limits.to_dict(),
             "usage": usage,
         }
 
@@ -826,7 +832,7 @@ class Daemon:
     ) -> Outcome:
         """End a call: stop what is left of it, read its stats, remove its cgroup."""
         if call.state == "ended":
-            raise _err("conflict", f"call {call.id} already ended")
+            raise AgentcgError("conflict", f"call {call.id} already ended")
         call.state = "ended"
         for timer in (call.timeout_timer, call.orphan_timer):
             if timer:
