@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agentcg.bench import (
+from agentcg.devtools.bench import (
     REFERENCE_NOTE,
     format_report,
     overhead_ms,

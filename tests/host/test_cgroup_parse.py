@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agentcg.cgroup import (
+from agentcg.kernel.cgroup import (
     Cgroup,
     CgroupError,
     find_cgroup2_mount,

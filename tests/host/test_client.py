@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from agentcg.client import Client
-from agentcg.errors import AgentcgError
-from agentcg.policy import Outcome
-from agentcg.protocol import encode, err, ok
+from agentcg.core.errors import AgentcgError
+from agentcg.core.policy import Outcome
+from agentcg.core.protocol import encode, err, ok
 
 OUTCOME_KEYS = {f.name for f in dataclasses.fields(Outcome)}
 

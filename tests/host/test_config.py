@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agentcg.config import (
+from agentcg.core.config import (
     DEFAULT_PATH,
     AdminConfig,
     CallConfig,
@@ -14,7 +14,7 @@ from agentcg.config import (
     SessionConfig,
     load_config,
 )
-from agentcg.errors import AgentcgError, ConfigError
+from agentcg.core.errors import AgentcgError, ConfigError
 
 MiB, GiB = 1024**2, 1024**3
 REPO = Path(__file__).resolve().parents[2]
@@ -310,7 +310,7 @@ def test_override_can_partially_redefine_priority_only_in_full(tmp_path):
 
 
 def test_missing_default_path_means_defaults(monkeypatch, tmp_path):
-    monkeypatch.setattr("agentcg.config.DEFAULT_PATH", tmp_path / "nope.toml")
+    monkeypatch.setattr("agentcg.core.config.DEFAULT_PATH", tmp_path / "nope.toml")
     assert load_config() == Config.default()
     (tmp_path / "nope.toml").write_text("[daemon]\nmax_frame = 8192\n")
     assert load_config().daemon.max_frame == 8192

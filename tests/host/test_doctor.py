@@ -1,4 +1,4 @@
-"""agentcg.doctor and agentcg.btf logic. Cgroup trees here are plain tmp dirs: the
+"""agentcg.cli.doctor and agentcg.btf logic. Cgroup trees here are plain tmp dirs: the
 checks only read files and mkdir/rmdir, which a regular filesystem serves the same way."""
 
 import json
@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agentcg import btf as btfmod
-from agentcg.doctor import (
+from agentcg.cli.doctor import (
     FEATURES,
     Check,
     Report,
@@ -20,6 +19,7 @@ from agentcg.doctor import (
     render,
     run_checks,
 )
+from agentcg.kernel import btf as btfmod
 
 # ---------------------------------------------------------------- BTF
 

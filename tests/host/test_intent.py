@@ -1,8 +1,8 @@
 import pytest
 
-from agentcg.config import Config, load_config
-from agentcg.errors import AgentcgError
-from agentcg.intent import Intent, parse_intent, parse_size
+from agentcg.core.config import Config, load_config
+from agentcg.core.errors import AgentcgError
+from agentcg.core.intent import Intent, parse_intent, parse_size
 
 KiB, MiB, GiB, TiB = 1024, 1024**2, 1024**3, 1024**4
 CFG = Config.default()

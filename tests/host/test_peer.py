@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from agentcg.peer import PeerGone, PeerHandle, container_of, is_descendant, parent_pid
+from agentcg.kernel.peer import PeerGone, PeerHandle, container_of, is_descendant, parent_pid
 
 CID = "4f" * 32
 

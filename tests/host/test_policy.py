@@ -2,10 +2,10 @@ import dataclasses
 
 import pytest
 
-from agentcg.config import Config
-from agentcg.errors import AgentcgError, LimitExceeded
-from agentcg.intent import Intent, parse_intent, parse_size
-from agentcg.policy import (
+from agentcg.core.config import Config
+from agentcg.core.errors import AgentcgError, LimitExceeded
+from agentcg.core.intent import Intent, parse_intent, parse_size
+from agentcg.core.policy import (
     CallLimits,
     Outcome,
     RunningCall,

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from agentcg.errors import AgentcgError, NotFound
-from agentcg.protocol import (
+from agentcg.core.errors import AgentcgError, NotFound
+from agentcg.core.protocol import (
     EVENTS,
     OPS,
     PROTOCOL_VERSION,

@@ -1,4 +1,4 @@
-from agentcg.state import State
+from agentcg.daemon.state import State
 
 
 def test_records_round_trip_and_drop(tmp_path):

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from agentcg.cgroup import Cgroup, find_cgroup2_mount
+from agentcg.kernel.cgroup import Cgroup, find_cgroup2_mount
 
 CONTROLLERS = ("memory", "cpu", "pids")
 

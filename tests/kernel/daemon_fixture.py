@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agentcg.cgroup import Cgroup, find_cgroup2_mount
+from agentcg.kernel.cgroup import Cgroup, find_cgroup2_mount
 
 
 class RunningDaemon:
@@ -41,7 +41,7 @@ class RunningDaemon:
             [
                 sys.executable,
                 "-m",
-                "agentcg.cli",
+                "agentcg.cli.main",
                 "daemon",
                 "-v",
                 "--config",

@@ -1,4 +1,4 @@
-"""agentcg.cgroup against the real 7.3 kernel: limits, OOM, kill, freeze, removal."""
+"""agentcg.kernel.cgroup against the real 7.3 kernel: limits, OOM, kill, freeze, removal."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agentcg.cgroup import Cgroup, CgroupError, cgroup_path_of_pid
+from agentcg.kernel.cgroup import Cgroup, CgroupError, cgroup_path_of_pid
 from tests.kernel.cgroup_fixture import scratch_cgroup
 
 pytestmark = pytest.mark.kernel

@@ -67,7 +67,7 @@ def test_timeout_kills_the_call_with_advice(daemon: RunningDaemon) -> None:
 
 
 def test_agentcg_run_cli_exit_status_and_advice(daemon: RunningDaemon) -> None:
-    cli = [sys.executable, "-m", "agentcg.cli", "run"]
+    cli = [sys.executable, "-m", "agentcg.cli.main", "run"]
     ok = subprocess.run(
         [*cli, "--memory", "64M", "--label", "sh", "--", "sh", "-c", "exit 3"],
         capture_output=True,
@@ -89,7 +89,7 @@ def test_agentcg_run_cli_exit_status_and_advice(daemon: RunningDaemon) -> None:
 ESCAPE = """
 import json, sys
 from agentcg.client import Client
-from agentcg.errors import AgentcgError
+from agentcg.core.errors import AgentcgError
 c = Client()
 codes = {"hello_call": c.server.get("call")}
 for op, args in [("session.open", {"adopt": True}), ("session.open", {"name": "elsewhere"}),
@@ -117,7 +117,7 @@ def test_a_tool_cannot_escape_its_call(daemon: RunningDaemon) -> None:
         # Nested `agentcg run` inside a call runs the command in that same call.
         with c.tool_call(session=session, memory="64M", label="sh") as outer:
             nested = outer.run(
-                [sys.executable, "-m", "agentcg.cli", "run", "--", "cat", "/proc/self/cgroup"],
+                [sys.executable, "-m", "agentcg.cli.main", "run", "--", "cat", "/proc/self/cgroup"],
                 stdout=subprocess.PIPE,
                 text=True,
             )

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 AGENT = """
 import json, subprocess
 from agentcg.client import Client
-from agentcg.errors import AgentcgError
+from agentcg.core.errors import AgentcgError
 c = Client()
 out = {"peer": c.server["peer"]}
 def code(op, **args):

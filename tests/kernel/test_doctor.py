@@ -14,7 +14,7 @@ def test_doctor_json_in_vm():
     if os.environ.get("AGENTCG_IN_VM") != "1":
         pytest.skip("kernel tests run only inside the test VM (scripts/vm-run)")
     r = subprocess.run(
-        [sys.executable, "-m", "agentcg.doctor", "--json"],
+        [sys.executable, "-m", "agentcg.cli.doctor", "--json"],
         capture_output=True,
         text=True,
         timeout=300,

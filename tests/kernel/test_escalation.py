@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agentcg.cgroup import Cgroup
 from agentcg.client import Client, ToolCall
+from agentcg.kernel.cgroup import Cgroup
 from tests.kernel.daemon_fixture import RunningDaemon
 
 pytestmark = pytest.mark.kernel

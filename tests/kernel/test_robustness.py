@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from agentcg.cgroup import find_cgroup2_mount
 from agentcg.client import Client
-from agentcg.errors import AgentcgError
+from agentcg.core.errors import AgentcgError
+from agentcg.kernel.cgroup import find_cgroup2_mount
 from tests.kernel.daemon_fixture import RunningDaemon
 
 pytestmark = pytest.mark.kernel
@@ -788,7 +788,7 @@ def test_interface_file_names_are_refused(daemon: RunningDaemon) -> None:
 OTHER_UID_AGENT = """
 import json, subprocess, sys
 from agentcg.client import Client
-from agentcg.errors import AgentcgError
+from agentcg.core.errors import AgentcgError
 
 session, call, token = sys.argv[1:4]
 

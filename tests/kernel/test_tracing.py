@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from agentcg.cgroup import Cgroup
-from agentcg.tracing import ExecTracer
+from agentcg.bpf.tracing import ExecTracer
+from agentcg.kernel.cgroup import Cgroup
 from tests.kernel.cgroup_fixture import scratch_cgroup
 
 pytestmark = pytest.mark.kernel

@@ -9,8 +9,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from agentcg.cgroup import cgroup_path_of_pid
-from agentcg.errors import AgentcgError
+from agentcg.core.errors import AgentcgError
+from agentcg.kernel.cgroup import cgroup_path_of_pid
 
 # Docker's cgroupfs driver puts containers at /docker/<id>; the systemd driver at
 # .../docker-<id>.scope. Either way the 64-hex id names the container.

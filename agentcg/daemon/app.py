@@ -26,12 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from agentcg import __version__
-from agentcg.cgroup import Cgroup, CgroupError, find_cgroup2_mount
-from agentcg.config import Config
-from agentcg.errors import AgentcgError
-from agentcg.intent import Intent, parse_intent
-from agentcg.peer import Peer, is_descendant
-from agentcg.policy import (
+from agentcg.core.config import Config
+from agentcg.core.errors import AgentcgError
+from agentcg.core.intent import Intent, parse_intent
+from agentcg.core.policy import (
     CallLimits,
     Outcome,
     RunningCall,
@@ -42,12 +40,14 @@ from agentcg.policy import (
     pick_victim,
     suggested_memory,
 )
-from agentcg.protocol import Request, negotiate_version
-from agentcg.protocol import event as protocol_event
-from agentcg.state import State
-from agentcg.watch import Watcher
+from agentcg.core.protocol import Request, negotiate_version
+from agentcg.core.protocol import event as protocol_event
+from agentcg.daemon.state import State
+from agentcg.kernel.cgroup import Cgroup, CgroupError, find_cgroup2_mount
+from agentcg.kernel.peer import Peer, is_descendant
+from agentcg.kernel.watch import Watcher
 
-log = logging.getLogger("agentcg.daemon")
+log = logging.getLogger("agentcg.daemon.app")
 
 CONTROLLERS = ("memory", "cpu", "pids")
 THROTTLE_EVENT_INTERVAL_S = 1.0  # at most one "throttled" push per call per second

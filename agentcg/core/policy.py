@@ -11,9 +11,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from agentcg.config import Config
-from agentcg.errors import AgentcgError, LimitExceeded
-from agentcg.intent import Intent
+from agentcg.core.config import Config
+from agentcg.core.errors import AgentcgError, LimitExceeded
+from agentcg.core.intent import Intent
 
 PAGE = 4096
 MiB = 1024**2

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from agentcg.client import Client
-from agentcg.policy import format_size
+from agentcg.core.policy import format_size
 
 # A stand-in for a test run: touches N MiB, like a pytest session loading fixtures.
 BURST = (

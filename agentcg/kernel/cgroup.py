@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentcg.errors import AgentcgError
+from agentcg.core.errors import AgentcgError
 
 MOUNTINFO = Path("/proc/self/mountinfo")
 

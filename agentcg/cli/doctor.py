@@ -20,8 +20,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from agentcg import btf as btfmod
-from agentcg.cgroup import (
+from agentcg.kernel import btf as btfmod
+from agentcg.kernel.cgroup import (
     MOUNTINFO,
     Cgroup,
     CgroupError,

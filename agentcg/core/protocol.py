@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentcg.errors import AgentcgError
-from agentcg.intent import (
+from agentcg.core.errors import AgentcgError
+from agentcg.core.intent import (
     MAX_CPU,
     MAX_PIDS,
     check_bool,

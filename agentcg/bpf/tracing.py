@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from agentcg.errors import AgentcgError
+from agentcg.core.errors import AgentcgError
 
 TASK_COMM_LEN = 16
 

@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from agentcg.errors import AgentcgError
-from agentcg.protocol import PROTOCOL_VERSION
+from agentcg.core.errors import AgentcgError
+from agentcg.core.protocol import PROTOCOL_VERSION
 
 DEFAULT_SOCKET = "/run/agentcg/agentcg.sock"
 RECONNECT_WINDOW_S = 60.0  # how long to wait for a restarting daemon

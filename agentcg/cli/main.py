@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from agentcg import __version__
-from agentcg.errors import AgentcgError
+from agentcg.core.errors import AgentcgError
 
 
 @click.group()
@@ -54,9 +54,9 @@ def daemon(
     verbose: bool,
 ) -> None:
     """Run the daemon (as root) in the foreground."""
-    from agentcg.config import DEFAULT_PATH, load_config
-    from agentcg.daemon import Daemon
-    from agentcg.server import Server
+    from agentcg.core.config import DEFAULT_PATH, load_config
+    from agentcg.daemon.app import Daemon
+    from agentcg.daemon.server import Server
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -108,7 +108,7 @@ def daemon(
 def _delegated_root() -> Path:
     """The cgroup a service manager delegated to us: ours, or our parent if we sit in
     its supervisor/ subgroup already."""
-    from agentcg.cgroup import cgroup_path_of_pid, find_cgroup2_mount
+    from agentcg.kernel.cgroup import cgroup_path_of_pid, find_cgroup2_mount
 
     mount = find_cgroup2_mount()
     if mount is None:
@@ -172,7 +172,7 @@ def run(command: tuple[str, ...], session: str | None, json_out: bool, **intent:
 @click.option("--root", type=click.Path(path_type=Path), help="cgroup subtree the daemon would own")
 def doctor(json_output: bool, root: Path | None) -> None:
     """Report what this host can do; exit 0 full, 1 degraded, 2 cannot run."""
-    from agentcg.doctor import doctor_main
+    from agentcg.cli.doctor import doctor_main
 
     sys.exit(doctor_main(json_output, root))
 
@@ -199,7 +199,7 @@ def status(session: str | None) -> None:
 @click.option("--session", default="demo", help="session name to use")
 def demo(session: str) -> None:
     """A scripted agent showing tool calls that fit, burst, get killed, and retry."""
-    from agentcg.demo import run_demo
+    from agentcg.devtools.demo import run_demo
 
     try:
         sys.exit(run_demo(session))
@@ -220,7 +220,7 @@ def vm() -> None:
 def vm_run(command: tuple[str, ...], cpus: int, memory: str, timeout: float) -> None:
     """Run COMMAND as root inside the pinned test kernel; exit with its status
     (125 when the VM itself failed)."""
-    from agentcg import vm as vmmod
+    from agentcg.devtools import vm as vmmod
 
     try:
         sys.exit(vmmod.run(list(command), cpus=cpus, memory=memory, timeout=timeout))
@@ -239,7 +239,7 @@ def bench() -> None:
 @click.option("--json", "json_out", is_flag=True)
 def bench_toolcall(calls: int, json_out: bool) -> None:
     """Tool-call round trip through the daemon vs the raw cgroup operations."""
-    from agentcg.bench import toolcall
+    from agentcg.devtools.bench import toolcall
 
     report = toolcall(calls)
     click.echo(json.dumps(report, indent=2) if json_out else report["text"])

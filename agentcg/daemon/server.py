@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agentcg import protocol
-from agentcg.daemon import Connection, Daemon
-from agentcg.errors import AgentcgError
-from agentcg.peer import PeerGone, PeerHandle
+from agentcg.core import protocol
+from agentcg.core.errors import AgentcgError
+from agentcg.daemon.app import Connection, Daemon
+from agentcg.kernel.peer import PeerGone, PeerHandle
 
-log = logging.getLogger("agentcg.server")
+log = logging.getLogger("agentcg.daemon.server")
 
 MAX_PENDING_WRITE = 1 << 20  # a client that stops reading its events is dropped
 

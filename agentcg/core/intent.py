@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from agentcg.errors import AgentcgError
+from agentcg.core.errors import AgentcgError
 
 if TYPE_CHECKING:
-    from agentcg.config import Config
+    from agentcg.core.config import Config
 
 MAX_SIZE = 2**50  # 1 PiB: beyond any real host; also keeps arithmetic well inside int64.
 MAX_CPU = 4096.0  # cores; generous bound that still catches unit mistakes (millicores).

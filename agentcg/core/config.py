@@ -16,8 +16,8 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
-from agentcg.errors import AgentcgError, ConfigError
-from agentcg.intent import MAX_PIDS, check_int, check_number, parse_size, show
+from agentcg.core.errors import AgentcgError, ConfigError
+from agentcg.core.intent import MAX_PIDS, check_int, check_number, parse_size, show
 
 DEFAULT_PATH = Path("/etc/agentcg/agentcg.toml")
 

@@ -184,7 +184,7 @@ class RawCgroups:
         self._seq = itertools.count(1)  # thread-safe enough under the GIL
 
     def setup(self) -> None:
-        from agentcg.cgroup import Cgroup
+        from agentcg.kernel.cgroup import Cgroup
 
         root = Cgroup(self.mount)
         if "memory" not in root.subtree_control():
@@ -193,7 +193,7 @@ class RawCgroups:
         parent.enable_controllers(["memory"])
 
     def cleanup(self) -> None:
-        from agentcg.cgroup import Cgroup
+        from agentcg.kernel.cgroup import Cgroup
 
         Cgroup(self.parent).remove_tree(kill=True, timeout=10)
 
@@ -275,7 +275,7 @@ class OwnDaemon:
         )
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agentcg.cli", "daemon", "--config", str(self.config)],
+                [sys.executable, "-m", "agentcg.cli.main", "daemon", "--config", str(self.config)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -293,7 +293,7 @@ class OwnDaemon:
             return "(no daemon log)"
 
     def stop(self) -> None:
-        from agentcg.cgroup import Cgroup
+        from agentcg.kernel.cgroup import Cgroup
 
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -441,8 +441,8 @@ def toolcall(calls: int, clients: int = 4, warmup: int | None = None) -> dict[st
     Returns a JSON-able report; its "text" key is the human-readable table.
     `clients` > 1 adds a throughput run with that many concurrent agents (0 skips it).
     """
-    from agentcg.cgroup import find_cgroup2_mount
     from agentcg.client import Client
+    from agentcg.kernel.cgroup import find_cgroup2_mount
 
     if calls < 1:
         raise ValueError("calls must be at least 1")

@@ -1,0 +1,3 @@
+from agentcg.cli.main import main
+
+main()
