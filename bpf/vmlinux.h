@@ -1,0 +1,1 @@
+vmlinux/vmlinux-7.3.4+deb13-amd64.h
