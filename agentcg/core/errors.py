@@ -8,28 +8,32 @@ to do about it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
-CODES: frozenset[str] = frozenset(
-    {
-        "bad_frame",
-        "frame_too_large",
-        "bad_json",
-        "bad_request",
-        "unknown_op",
-        "unknown_field",
-        "invalid_value",
-        "unsupported_version",
-        "unauthorized",
-        "not_found",
-        "conflict",
-        "limit_exceeded",
-        "busy",
-        "timeout",
-        "internal",
-        "unavailable",
-    }
-)
+
+class ErrorCode(StrEnum):
+    """Protocol v1 error codes (docs/protocol.md); a code is compared as its string."""
+
+    BAD_FRAME = "bad_frame"
+    FRAME_TOO_LARGE = "frame_too_large"
+    BAD_JSON = "bad_json"
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_OP = "unknown_op"
+    UNKNOWN_FIELD = "unknown_field"
+    INVALID_VALUE = "invalid_value"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    BUSY = "busy"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+    UNAVAILABLE = "unavailable"
+
+
+CODES: frozenset[str] = frozenset(c.value for c in ErrorCode)
 
 # Messages travel inside single NDJSON frames and log lines; keep them short and flat.
 _MAX_MESSAGE = 1000
@@ -42,17 +46,17 @@ class AgentcgError(Exception):
     readable, so the server can echo it in the error response (null otherwise).
     """
 
-    def __init__(self, code: str, message: str, *, request_id: int | str | None = None):
+    def __init__(self, code: str | ErrorCode, message: str, *, request_id: int | str | None = None):
         if code not in CODES:
             raise ValueError(f"unknown agentcg error code {code!r}")
         message = " ".join(message.split())[:_MAX_MESSAGE]
         super().__init__(message)
-        self.code = code
+        self.code = ErrorCode(code)
         self.message = message
         self.request_id = request_id
 
     def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
+        return {"code": self.code.value, "message": self.message}
 
     @staticmethod
     def from_dict(d: Any) -> AgentcgError:
@@ -73,7 +77,7 @@ class AgentcgError(Exception):
         return sub(message) if sub is not None else AgentcgError(code, message)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.code!r}, {self.message!r})"
+        return f"{type(self).__name__}({self.code.value!r}, {self.message!r})"
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"

@@ -21,7 +21,8 @@ from typing import Any
 
 from agentcg.core import protocol
 from agentcg.core.errors import AgentcgError
-from agentcg.daemon.app import Connection, Daemon
+from agentcg.daemon.app import Daemon
+from agentcg.daemon.registry import Connection
 from agentcg.kernel.peer import PeerGone, PeerHandle
 
 log = logging.getLogger("agentcg.daemon.server")

@@ -1,0 +1,164 @@
+"""Tool calls: begin, attach, end, status, claim, and how a call ends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+from agentcg.core import authz
+from agentcg.core.errors import AgentcgError
+from agentcg.core.intent import parse_intent
+from agentcg.core.model import Call
+from agentcg.core.policy import decide
+from agentcg.daemon.ending import Ending
+from agentcg.daemon.events import KernelEvents
+from agentcg.daemon.registry import CallRuntime, Connection, Registry
+from agentcg.daemon.sessions import Sessions
+from agentcg.daemon.views import call_view
+from agentcg.kernel.peer import Peer, is_descendant
+
+log = logging.getLogger("agentcg.daemon")
+
+
+class Calls:
+    def __init__(
+        self, reg: Registry, events: KernelEvents, sessions: Sessions, ending: Ending
+    ) -> None:
+        self.reg = reg
+        self.events = events
+        self.sessions = sessions
+        self.ending = ending
+
+    # ------------------------------------------------------------ ops
+
+    async def begin(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        reg, peer = self.reg, conn.peer
+        intent = parse_intent(args["intent"], reg.cfg)  # before any side effect
+        where = reg.locate(peer)
+        if where.call:
+            raise AgentcgError(
+                "conflict",
+                f"already inside tool call {where.call}: run the command directly "
+                "(`agentcg run` does so by itself)",
+            )
+        name = args.get("session") or where.session
+        sess = reg.session_or_raise(peer, name) if name else self.sessions.open_session(peer, {})
+        if len(sess.calls) >= sess.max_calls:
+            raise AgentcgError(
+                "limit_exceeded",
+                f"session {sess.name!r} already runs {len(sess.calls)} "
+                "tool calls (its max_calls); wait for one to end",
+            )
+        committed = sum(reg.calls[c].limits.memory_high or 0 for c in sess.calls if c in reg.calls)
+        limits = decide(intent, reg.cfg, sess.memory, committed)
+        call = Call(
+            id="c" + secrets.token_hex(6),
+            session=sess.name,
+            token=secrets.token_hex(16),
+            owner_uid=peer.uid,
+            owner_pid=peer.pid,
+            intent=intent,
+            limits=limits,
+            started=time.time(),
+        )
+        ccg = reg.layout.create_call(sess.name, call.id, limits)
+        try:
+            self.events.watch(call)
+        except OSError as e:
+            self.events.unwatch(call)
+            reg.layout.remove(ccg)
+            raise AgentcgError("internal", f"could not watch the call's cgroup: {e}") from e
+        reg.calls[call.id] = call
+        reg.runtime[call.id] = CallRuntime(conn=conn)
+        sess.calls.add(call.id)
+        conn.calls.add(call.id)
+        self._arm_timeout(call)
+        reg.state.put("calls", call.id, call.record())
+        return {
+            "call": call.id,
+            "token": call.token,
+            "session": sess.name,
+            "cgroup": str(ccg.path),
+            "limits": limits.to_dict(),
+        }
+
+    async def attach(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        """The tool process, before exec, asks to be placed into its call's cgroup."""
+        peer = conn.peer
+        call = self.owned(peer, args["call"], args["token"])
+        if not is_descendant(peer.pid, call.owner_pid):
+            raise AgentcgError(
+                "unauthorized",
+                f"pid {peer.pid} is not a descendant of the process "
+                f"that began call {call.id}; only its own children can attach",
+            )
+        if call.state == "ended":
+            raise AgentcgError("conflict", f"call {call.id} is ending; begin a new call")
+        inside = self.reg.locate(peer).call
+        if inside and inside != call.id:
+            raise AgentcgError(
+                "unauthorized", f"pid {peer.pid} belongs to call {inside}; it cannot move"
+            )
+        ccg = self.reg.call_cg(call)
+        ccg.add_process(peer.pid)
+        call.state = "running"
+        return {"call": call.id, "cgroup": str(ccg.path)}
+
+    async def end(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        call = self.owned(conn.peer, args["call"], args["token"])
+        outcome = await self.ending.finish(call, exit_status=args.get("exit_status"))
+        return outcome.to_dict()
+
+    async def status(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        return call_view(self.reg, self.owned(conn.peer, args["call"], None))
+
+    async def claim(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        call = self.owned(conn.peer, args["call"], args["token"])
+        rt = self.reg.runtime.setdefault(call.id, CallRuntime())
+        if rt.conn is not None and rt.conn is not conn:
+            rt.conn.calls.discard(call.id)
+        rt.conn = conn
+        conn.calls.add(call.id)
+        if rt.orphan_timer:
+            rt.orphan_timer.cancel()
+            rt.orphan_timer = None
+        return {"call": call.id, "state": call.state}
+
+    # ------------------------------------------------------------ helpers
+
+    def owned(self, peer: Peer, call_id: str, token: str | None) -> Call:
+        call = self.reg.calls.get(call_id)
+        if call is None:
+            raise AgentcgError("not_found", f"no running call {call_id!r}: it ended or never began")
+        if token is not None and not secrets.compare_digest(token, call.token):
+            raise AgentcgError("unauthorized", f"wrong token for call {call_id!r}")
+        sess = self.reg.sessions.get(call.session)
+        authz.authorize_call(peer, self.reg.is_admin(peer), call, sess)
+        return call
+
+    def _arm_timeout(self, call: Call) -> None:
+        if call.limits.timeout_s:
+            left = max(0.0, call.started + call.limits.timeout_s - time.time())
+            self.reg.runtime[call.id].timeout_timer = asyncio.get_running_loop().call_later(
+                left, self.reg.kill, call.id, "timeout"
+            )
+
+    def adopt_recovered(self, call: Call) -> None:
+        """A running call found after a restart: watched and timed again, and killed as
+        orphaned unless its agent reconnects and claims it within the grace."""
+        reg = self.reg
+        rt = reg.runtime[call.id] = CallRuntime()
+        self.events.watch(call)
+        self._arm_timeout(call)  # the deadline still counts from the call's start
+        rt.orphan_timer = asyncio.get_running_loop().call_later(
+            reg.cfg.daemon.reclaim_grace_s, self._orphan_timeout, call.id
+        )
+
+    def _orphan_timeout(self, call_id: str) -> None:
+        call = self.reg.calls.get(call_id)
+        if call and self.reg.conn_of(call) is None:
+            log.info("call %s was not reclaimed after restart; killing it", call_id)
+            self.reg.spawn(self.ending.finish_if_live(call, "disconnect"))

@@ -1,0 +1,117 @@
+"""Everything the daemon knows at run time, in one place every service shares.
+
+Sessions and calls are core data (agentcg.core.model); what ties a call to the running
+daemon (its client connection, its timers) is kept beside it here, so the data stays
+pure. One asyncio loop owns all of it: no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentcg.core import authz
+from agentcg.core.config import Config
+from agentcg.core.errors import AgentcgError
+from agentcg.core.model import Call, Session
+from agentcg.daemon.bus import EventBus
+from agentcg.daemon.layout import Layout
+from agentcg.daemon.state import State
+from agentcg.kernel.cgroup import Cgroup, CgroupError
+from agentcg.kernel.peer import Peer
+
+log = logging.getLogger("agentcg.daemon")
+
+
+class Connection:
+    """What the daemon needs of a client connection: who, and how to push events."""
+
+    def __init__(self, peer: Peer, push: Callable[[dict[str, Any]], None]) -> None:
+        self.peer = peer
+        self.push = push
+        self.calls: set[str] = set()
+
+
+@dataclass
+class CallRuntime:
+    """A call's ties to the running daemon; none of it survives a restart."""
+
+    conn: Connection | None = None
+    timeout_timer: asyncio.TimerHandle | None = None
+    orphan_timer: asyncio.TimerHandle | None = None  # armed after a restart until claimed
+
+    def cancel_timers(self) -> None:
+        for timer in (self.timeout_timer, self.orphan_timer):
+            if timer:
+                timer.cancel()
+
+
+@dataclass
+class Registry:
+    cfg: Config
+    layout: Layout
+    state: State
+    bus: EventBus
+    sessions: dict[str, Session] = field(default_factory=dict)
+    calls: dict[str, Call] = field(default_factory=dict)
+    runtime: dict[str, CallRuntime] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # keeps spawned work alive
+
+    # ------------------------------------------------------------ identity
+
+    def locate(self, peer: Peer) -> authz.Location:
+        return authz.locate(self.layout.sessions_prefix, peer.cgroup)
+
+    def is_admin(self, peer: Peer) -> bool:
+        return authz.is_admin(peer, self.locate(peer), self.cfg.admin)
+
+    # ------------------------------------------------------------ lookups
+
+    def call_cg(self, call: Call) -> Cgroup:
+        return self.layout.call(call.session, call.id)
+
+    def conn_of(self, call: Call) -> Connection | None:
+        rt = self.runtime.get(call.id)
+        return rt.conn if rt else None
+
+    def live_calls(self, sess: Session) -> list[Call]:
+        calls = (self.calls.get(c) for c in sess.calls)
+        return [c for c in calls if c and c.live]
+
+    def memory_current(self, call: Call) -> int:
+        try:
+            return self.call_cg(call).memory_current()
+        except (CgroupError, OSError):
+            return 0
+
+    # ------------------------------------------------------------ actions
+
+    def push(self, call: Call, name: str, data: dict[str, Any]) -> None:
+        conn = self.conn_of(call)
+        self.bus.publish(name, call.id, data, conn.push if conn else None)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def kill(self, call_id: str, reason: str) -> None:
+        """cgroup.kill the call's processes; its end is handled as for any other exit."""
+        call = self.calls.get(call_id)
+        if call is None or call.state == "ended":
+            return
+        call.killed_reason = call.killed_reason or reason
+        with contextlib.suppress(CgroupError, OSError):
+            self.call_cg(call).kill()
+        self.push(call, "killed", {"reason": reason})
+
+    def session_or_raise(self, peer: Peer, name: str) -> Session:
+        sess = self.sessions.get(name)
+        if sess is None:
+            raise AgentcgError("not_found", f"no session {name!r}: open it first with session.open")
+        authz.authorize_session(peer, self.locate(peer), self.is_admin(peer), sess)
+        return sess
