@@ -1,1 +1,2 @@
-"""BPF program sources shipped as package data (loaded with importlib.resources)."""
+"""BPF program loaders (bcc probes). The C sources live in the top-level bpf/ directory,
+installed as the data-only package agentcg.bpf.csrc (see agentcg.bpf.sources)."""

@@ -1,42 +1,29 @@
 """Exec tracing with bcc: which program started in which cgroup.
 
-The BPF C source is package data (agentcg/bpf/exec_trace.c). bcc compiles it with
-clang at start(), which takes seconds (tens of seconds under emulation), so a tracer
-is started once per daemon and polled; never compile per request.
+The BPF C source is bpf/exec_trace.c (installed as agentcg.bpf.csrc); its events are
+struct agentcg_exec_event from bpf/include/agentcg/events.h, decoded through the ctypes
+mirror in agentcg.bpf.events. A tracer is started once per daemon and polled.
 """
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
-from agentcg.core.errors import AgentcgError
+from agentcg.bpf.events import RawExecEvent, decode
+from agentcg.bpf.sources import load_bcc
+from agentcg.core.errors import AgentcgError, ErrorCode
 
-TASK_COMM_LEN = 16
-
-
-class _RawEvent(ctypes.Structure):
-    # Mirrors struct exec_event in exec_trace.c.
-    _fields_ = (
-        ("cgroup_id", ctypes.c_uint64),
-        ("pid", ctypes.c_uint32),
-        ("ppid", ctypes.c_uint32),
-        ("comm", ctypes.c_char * TASK_COMM_LEN),
-    )
+SOURCE = "exec_trace.c"
 
 
 @dataclass(frozen=True)
 class ExecEvent:
     cgroup_id: int
+    ts_ns: int  # CLOCK_MONOTONIC, comparable with time.monotonic_ns()
     pid: int
     ppid: int
     comm: str
-
-
-def program_source() -> str:
-    return resources.files("agentcg.bpf").joinpath("exec_trace.c").read_text()
 
 
 class ExecTracer:
@@ -49,39 +36,50 @@ class ExecTracer:
     def __init__(self) -> None:
         self._bpf: Any = None
         self._pending: list[ExecEvent] = []
+        self._bad: str | None = None
 
     def start(self) -> None:
         """Compile and attach (once; later calls do nothing)."""
         if self._bpf is not None:
             return
-        try:
-            from bcc import BPF
-        except ImportError as e:
-            raise AgentcgError(
-                "unavailable", f"bcc is not importable ({e}); install python3-bpfcc"
-            ) from None
-        try:
-            # TRACEPOINT_PROBE programs attach themselves when loaded.
-            self._bpf = BPF(text=program_source().encode())
-        except Exception as e:  # bcc raises bare Exception on compile/load failures
-            raise AgentcgError(
-                "unavailable",
-                f"cannot load the exec tracing BPF program: {e}; "
-                "check kernel headers at /lib/modules/$(uname -r)/build and CAP_BPF",
-            ) from None
+        # TRACEPOINT_PROBE programs attach themselves when loaded.
+        self._bpf = load_bcc(SOURCE, "exec tracing")
         self._bpf[b"exec_events"].open_ring_buffer(self._on_event)
 
-    def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
-        raw = ctypes.cast(data, ctypes.POINTER(_RawEvent)).contents
+    def _on_event(self, _ctx: Any, data: int, size: int) -> None:
+        # Runs inside a ctypes callback, where an exception would only be printed:
+        # keep the first problem for poll() to raise.
+        try:
+            raw = decode(data, size)
+        except ValueError as e:
+            self._bad = self._bad or str(e)
+            return
+        if not isinstance(raw, RawExecEvent):
+            self._bad = self._bad or f"{raw.kind.name} event in the exec ring buffer"
+            return
         self._pending.append(
-            ExecEvent(raw.cgroup_id, raw.pid, raw.ppid, raw.comm.decode(errors="replace"))
+            ExecEvent(
+                raw.hdr.cgroup_id,
+                raw.hdr.ts_ns,
+                raw.pid,
+                raw.ppid,
+                raw.comm.decode(errors="replace"),
+            )
         )
 
     def poll(self, timeout_ms: int = 0) -> list[ExecEvent]:
         """Events since the last poll, waiting up to timeout_ms (0: don't wait) for some."""
         if self._bpf is None:
-            raise AgentcgError("internal", "ExecTracer.poll() before start(); call start() first")
+            raise AgentcgError(
+                ErrorCode.INTERNAL, "ExecTracer.poll() before start(); call start() first"
+            )
         self._bpf.ring_buffer_poll(timeout_ms)
+        if self._bad is not None:
+            raise AgentcgError(
+                ErrorCode.INTERNAL,
+                f"the exec tracer read a bad event ({self._bad}); "
+                "bpf/exec_trace.c and agentcg/bpf/events.py disagree: reinstall agentcg",
+            )
         events, self._pending = self._pending, []
         return events
 

@@ -38,6 +38,7 @@ def test_exec_is_seen_with_its_cgroup_id(cgroup_base):
     by_comm = {e.comm: e for e in seen}
     assert "true" in by_comm, f"no exec of /bin/true seen; got {seen}"
     assert by_comm["true"].cgroup_id == leaf.cgroup_id
+    assert by_comm["sh"].ts_ns <= by_comm["true"].ts_ns <= time.monotonic_ns()
     assert by_comm["true"].ppid == os.getpid()
     assert by_comm["sh"].cgroup_id == Cgroup.of_pid(os.getpid()).cgroup_id
     assert by_comm["sh"].cgroup_id != leaf.cgroup_id
