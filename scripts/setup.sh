@@ -96,7 +96,7 @@ setup_venv() {
   # Debian's python, not a pyenv one: python3-bpfcc lives in its dist-packages.
   [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$VENV"
   # (pip.conf on some machines names absent local indexes: drop those warnings)
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test,vm]" 2>&1 \
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test,vm,metrics,docker]" 2>&1 \
     | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
   echo "$want" >"$stamp"
 }
