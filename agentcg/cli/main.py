@@ -130,41 +130,12 @@ def _delegated_root() -> Path:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(command: tuple[str, ...], session: str | None, json_out: bool, **intent: Any) -> None:
     """Run COMMAND as one tool call in its own cgroup; exit with its status."""
-    from agentcg.client import Client
-
-    def on_event(msg: dict[str, Any]) -> None:
-        if msg["event"] in ("throttled", "oom", "killed", "frozen"):
-            print(
-                f"agentcg: tool call {msg['event']}: {json.dumps(msg['data'])}",
-                file=sys.stderr,
-                flush=True,
-            )
+    from agentcg.cli.run import run_tool
 
     try:
-        with Client(on_event=on_event) as client:
-            if client.server.get("call"):
-                # Already inside a tool call (a shim wrapping every command): the
-                # command belongs to that call, so just run it.
-                client.close()
-                os.execvp(command[0], command)
-            call = client.tool_call(session=session, **intent)
-            call.begin()
-            try:
-                proc = call.popen(list(command))
-            except OSError as e:
-                call.end(127)
-                raise click.ClickException(f"cannot run {command[0]}: {e.strerror}") from None
-            # Ctrl-C reaches the tool (same process group); we only wait for it.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            status = proc.wait()
-            outcome = call.end(status)
+        sys.exit(run_tool(command, session, json_out, intent))
     except AgentcgError as e:
         raise click.ClickException(e.message) from None
-    if json_out:
-        print(json.dumps(outcome), file=sys.stderr)
-    if outcome.get("advice"):
-        print(f"agentcg: {outcome['advice']}", file=sys.stderr)
-    sys.exit(status if status >= 0 else 128 - status)
 
 
 @main.command()

@@ -39,7 +39,7 @@ class DaemonConfig:
     socket: Path = Path("/run/agentcg/agentcg.sock")
     socket_group: str | None = None
     socket_mode: int = 0o660
-    state_dir: Path = Path("/run/agentcg")
+    state_dir: Path = Path("/var/lib/agentcg")  # private (0700), never the socket's directory
     max_frame: int = 65536
     max_connections: int = 1024
     max_connections_per_peer: int = 256  # per (uid, container): one agent cannot take all
@@ -47,6 +47,10 @@ class DaemonConfig:
     idle_timeout_s: float = 300.0
     frame_timeout_s: float = 10.0  # a frame once started must complete within this
     reclaim_grace_s: float = 15.0
+    admin_connections: int = 16  # of max_connections, kept free for admins (agents get >= 1)
+    max_sessions: int = 1024  # open sessions, all agents together
+    max_calls: int = 4096  # running tool calls, all agents together
+    protection_fraction: float = 0.25  # most memory.low all sessions may claim, of the budget
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,10 @@ class SessionConfig:
     # lowest-priority call; 1.0 turns it off and leaves the kernel's OOM killer.
     pressure_fraction: float = 0.9
     freeze_grace_s: float = 2.0  # a frozen call is killed if memory has not come back by then
+    # A session never gets more than this share of the memory available where it lives
+    # (the host's, or the nearest ancestor's memory.max); without a memory ask it gets it.
+    max_memory_fraction: float = 0.5
+    max_pids: int = 32768
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,15 @@ class CallConfig:
     default_priority: str = "normal"
     default_timeout_s: float | None = None
     max_timeout_s: float = 86400.0
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Who may use a priority above call.default_priority (admins always may)."""
+
+    uids: tuple[int, ...] = ()
+    gids: tuple[int, ...] = ()
+    containers: tuple[str, ...] = ()  # container labels, as peer.py reads them
 
 
 def _default_size_classes() -> Mapping[str, int]:
@@ -108,6 +125,7 @@ class Config:
     priorities: Mapping[str, Priority] = field(default_factory=_default_priorities)
     session: SessionConfig = field(default_factory=SessionConfig)
     call: CallConfig = field(default_factory=CallConfig)
+    grants: Mapping[str, Grant] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def default(cls) -> Config:
@@ -190,6 +208,18 @@ def _id_list(key: str, v: Any) -> tuple[int, ...]:
     return tuple(_int(0, MAX_ID)(f"{key}[{i}]", x) for i, x in enumerate(v))
 
 
+def _share(key: str, v: Any) -> float:
+    return _wrap(key, lambda: check_number(key, v, 0.0, 1.0))
+
+
+def _labels(key: str, v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(
+        isinstance(x, str) and 0 < len(x) <= 64 and x.isascii() and x.isprintable() for x in v
+    ):
+        raise _fail(key, "a list of container labels (ids or names as agentcg status shows)", v)
+    return tuple(v)
+
+
 def _headroom(key: str, v: Any) -> float:
     return _wrap(key, lambda: check_number(key, v, 1.0, 16.0, lo_open=False))
 
@@ -235,6 +265,10 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
             "idle_timeout_s": _seconds(0.0, 7 * 86400.0),
             "frame_timeout_s": _seconds(0.0, 3600.0),
             "reclaim_grace_s": _seconds(0.0, 3600.0, lo_open=False),
+            "admin_connections": _int(0, 1_000_000),
+            "max_sessions": _int(1, 1_000_000),
+            "max_calls": _int(1, 10_000_000),
+            "protection_fraction": _fraction,
         },
     ),
     "admin": (AdminConfig, {"uids": _id_list, "gids": _id_list}),
@@ -248,6 +282,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
             "max_per_owner": _int(1, 1_000_000),
             "pressure_fraction": _pressure_fraction,
             "freeze_grace_s": _seconds(0.0, 3600.0),
+            "max_memory_fraction": _share,
+            "max_pids": _int(1, MAX_PIDS),
         },
     ),
     "call": (
@@ -266,7 +302,8 @@ _PRIORITY_FIELDS: dict[str, Checker] = {
     "memory_low_fraction": _fraction,
     "kill_order": _int(-1000, 1000),
 }
-_TOP_KEYS = [*_SECTIONS, "size_classes", "priorities"]
+_GRANT_FIELDS: dict[str, Checker] = {"uids": _id_list, "gids": _id_list, "containers": _labels}
+_TOP_KEYS = [*_SECTIONS, "size_classes", "priorities", "grants"]
 
 
 def _unknown(key: str, allowed: Any) -> ConfigError:
@@ -314,9 +351,25 @@ def _build(raw: dict[str, Any]) -> Config:
             **{f: c(f"{key}.{f}", entry[f]) for f, c in _PRIORITY_FIELDS.items()}
         )
 
+    grants = {}
+    for gname, v in _table("grants", raw.get("grants", {})).items():
+        key = f"grants.{_entry_name('grants', gname)}"
+        if gname not in priorities:
+            raise ConfigError(
+                f"config: {key} names no priority; use one of {', '.join(sorted(priorities))}"
+            )
+        entry = _table(key, v)
+        for f in entry:
+            if f not in _GRANT_FIELDS:
+                raise _unknown(f"{key}.{f}", _GRANT_FIELDS)
+        grant = Grant(**{f: _GRANT_FIELDS[f](f"{key}.{f}", x) for f, x in entry.items()})
+        if grant != Grant():
+            grants[gname] = grant
+
     cfg = Config(
         size_classes=MappingProxyType(classes),
         priorities=MappingProxyType(priorities),
+        grants=MappingProxyType(grants),
         **sections,
     )
     _cross_check(cfg)
@@ -340,6 +393,11 @@ def _cross_check(cfg: Config) -> None:
         raise ConfigError(
             f"config: call.default_priority {c.default_priority!r} is not defined; define "
             f"priorities.{c.default_priority} or use one of {', '.join(sorted(cfg.priorities))}"
+        )
+    if s.default_pids > s.max_pids:
+        raise ConfigError(
+            f"config: session.default_pids ({s.default_pids}) is above session.max_pids "
+            f"({s.max_pids})"
         )
     if c.default_timeout_s is not None and c.default_timeout_s > c.max_timeout_s:
         raise ConfigError(

@@ -1,20 +1,43 @@
-"""Who is on the other end of a socket: SO_PEERCRED plus what /proc says about that pid."""
+"""Who is on the other end of a socket: SO_PEERCRED plus what /proc says about that pid.
+
+Identity comes from the kernel only. "Inside a container" means the peer's pid, mount,
+user or cgroup namespace differs from the daemon's (read through /proc/<pid>/ns, the
+process pinned by a pidfd); it is never guessed from a cgroup path, which anyone with
+a delegated subtree can shape. The container id found in the cgroup path is a label
+for sessions and metrics, and counts only where a root-owned cgroup carries it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import socket
 import struct
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 
 from agentcg.core.errors import AgentcgError
-from agentcg.kernel.cgroup import cgroup_path_of_pid
+from agentcg.kernel.cgroup import Cgroup, cgroup_path_of_pid, find_cgroup2_mount, parse_proc_cgroup
 
-# Docker's cgroupfs driver puts containers at /docker/<id>; the systemd driver at
-# .../docker-<id>.scope. Either way the 64-hex id names the container.
-_CONTAINER_RE = re.compile(r"(?:/docker/|/docker-)([0-9a-f]{64})(?:\.scope)?(?:/|$)")
+NAMESPACES = ("pid", "mnt", "user", "cgroup")
+
+# Where container runtimes put a container's cgroup (the id or name is the label):
+# Docker (cgroupfs /docker/<id>, systemd docker-<id>.scope), Podman (libpod-<id>),
+# containerd and CRI-O under Kubernetes (cri-containerd-<id>, crio-<id>, kubepods/.../<id>),
+# LXC (lxc.payload.<name>) and systemd-nspawn (machine-<name>.scope).
+_LABEL_RE = re.compile(
+    r"/(?:(?:docker|libpod|cri-containerd|crio)-(?P<scope>[0-9a-f]{64})\.scope"
+    r"|(?:docker|libpod)/(?P<dir>[0-9a-f]{64})"
+    r"|libpod-(?P<pod>[0-9a-f]{64})"
+    r"|kubepods[^/]*(?:/[^/]+)*?/(?P<kube>[0-9a-f]{64})"
+    r"|lxc\.payload\.(?P<lxc>[A-Za-z0-9_.-]{1,64})"
+    r"|machine-(?P<machine>[A-Za-z0-9_-]{1,64})\.scope)"
+    r"(?=/|$)"
+)
 
 
 @dataclass(frozen=True)
@@ -23,51 +46,179 @@ class Peer:
     uid: int
     gid: int
     cgroup: str  # path relative to the cgroup2 mount, e.g. "/docker/<id>"
-    container: str | None
+    container: str | None  # a label only: never grants anything
+    confined: bool = False  # in a pid/mnt/user/cgroup namespace other than the daemon's
+    pidfd: int = field(default=-1, compare=False)  # pins the process while it is connected
 
     def as_dict(self) -> dict[str, object]:
-        return {"pid": self.pid, "uid": self.uid, "gid": self.gid, "container": self.container}
+        return {
+            "pid": self.pid,
+            "uid": self.uid,
+            "gid": self.gid,
+            "container": self.container,
+            "confined": self.confined,
+        }
 
 
-def container_of(cgroup: str) -> str | None:
-    m = _CONTAINER_RE.search(cgroup)
-    return m.group(1) if m else None
+def label_candidates(cgroup: str) -> list[tuple[str, str]]:
+    """(cgroup path that carries a container id or name, the label), outermost first."""
+    found = []
+    for m in _LABEL_RE.finditer(cgroup):
+        label = next(v for v in m.groupdict().values() if v)
+        found.append((cgroup[: m.end()], label))
+    return found
+
+
+def container_of(cgroup: str, mount: Path | None = None) -> str | None:
+    """The container label of a cgroup path: the outermost runtime-shaped component,
+    and (given the cgroup2 mount) only if root owns that cgroup, so a user with a
+    delegated subtree cannot name a directory after someone else's container."""
+    for path, label in label_candidates(cgroup):
+        if mount is None:
+            return label
+        try:
+            if os.stat(mount / path.lstrip("/")).st_uid == 0:
+                return label
+        except OSError:
+            continue
+    return None
+
+
+@cache
+def own_namespaces() -> tuple[tuple[int, int], ...]:
+    return _namespaces(os.open("/proc/self", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+
+
+def _namespaces(proc_fd: int) -> tuple[tuple[int, int], ...]:
+    """(st_dev, st_ino) of each namespace in NAMESPACES; closes proc_fd."""
+    try:
+        return tuple(
+            (st.st_dev, st.st_ino)
+            for st in (os.stat(f"ns/{kind}", dir_fd=proc_fd) for kind in NAMESPACES)
+        )
+    finally:
+        os.close(proc_fd)
 
 
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux >= 6.5
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class PeerGone(Exception):
     """The process that opened the connection no longer exists."""
 
 
+def _alive(pidfd: int) -> bool:
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, only not ours to signal
+        return True
+    return True
+
+
+def _start_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    # comm may contain spaces and parens: fields after the last ')' are fixed.
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])
+
+
 class PeerHandle:
     """The connecting process, pinned by a pidfd so a recycled pid is never mistaken
-    for it. Its cgroup is re-read for every request: processes move (adoption,
-    attach), and identity must follow where the process is now."""
+    for it. Its cgroup and namespaces are re-read for every request: processes move
+    (adoption, attach), and identity must follow where the process is now."""
 
     def __init__(self, sock: socket.socket) -> None:
+        accepted = time.clock_gettime(time.CLOCK_BOOTTIME)
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         self.pid, self.uid, self.gid = struct.unpack("3i", raw)
+        self._label: tuple[str, str | None] | None = None
         try:
             self.pidfd = struct.unpack("i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4))[0]
-        except OSError:  # older kernel: open it now; the pid was just vouched for
-            try:
-                self.pidfd = os.pidfd_open(self.pid)
-            except OSError as e:
-                raise PeerGone(f"pid {self.pid} exited before it could be identified") from e
+            return
+        except OSError:
+            pass
+        # Older kernel: pin the pid now, before anything can stall, then make sure the
+        # pinned process is not a newer one that got the number after the peer exited.
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except OSError as e:
+            raise PeerGone(f"pid {self.pid} exited before it could be identified") from e
+        try:
+            newer = _start_ticks(self.pid) > accepted * _TICKS
+        except (OSError, ValueError, IndexError):
+            newer = True
+        if newer or not _alive(self.pidfd):
+            os.close(self.pidfd)
+            raise PeerGone(f"pid {self.pid} exited before it could be identified")
 
     def current(self) -> Peer:
         """Who the peer is now; raises PeerGone rather than guess (fail closed)."""
+        gone = PeerGone(f"pid {self.pid} that opened this connection is gone")
         try:
-            cg = cgroup_path_of_pid(self.pid)
-            signal.pidfd_send_signal(self.pidfd, 0)  # still the same process?
-        except (OSError, AgentcgError) as e:
-            raise PeerGone(f"pid {self.pid} that opened this connection is gone") from e
-        return Peer(self.pid, self.uid, self.gid, cg, container_of(cg))
+            # A /proc/<pid> directory fd stays bound to the process it was opened for; the
+            # pidfd check after opening proves that process is still ours.
+            proc = os.open(f"/proc/{self.pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise gone from e
+        try:
+            if not _alive(self.pidfd):
+                raise gone
+            cg = _read_cgroup(proc)
+            ns = _namespaces(os.dup(proc))
+        except OSError as e:
+            raise gone from e
+        finally:
+            os.close(proc)
+        if cg is None:
+            raise gone
+        return Peer(
+            self.pid,
+            self.uid,
+            self.gid,
+            cg,
+            self._container(cg),
+            confined=ns != own_namespaces(),
+            pidfd=self.pidfd,
+        )
+
+    def _container(self, cg: str) -> str | None:
+        if self._label is None or self._label[0] != cg:
+            self._label = (cg, container_of(cg, find_cgroup2_mount()))
+        return self._label[1]
 
     def close(self) -> None:
         os.close(self.pidfd)
+
+
+def _read_cgroup(proc_fd: int) -> str | None:
+    fd = os.open("cgroup", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    try:
+        return parse_proc_cgroup(os.read(fd, 65536).decode(errors="replace"))
+    finally:
+        os.close(fd)
+
+
+def move_pinned(target: Cgroup, peer: Peer) -> None:
+    """Move the peer's process into `target` by pid, proving with its pidfd that the pid
+    still named it before the write and after it. cgroup.procs only takes pid numbers:
+    should the peer die and its number be reused around the write, the stranger that
+    got moved goes back to its parent's cgroup (where a new process starts) and the
+    move fails closed."""
+    if peer.pidfd < 0 or not _alive(peer.pidfd):
+        raise PeerGone(f"pid {peer.pid} is gone; nothing was moved")
+    target.add_process(peer.pid)
+    if _alive(peer.pidfd):
+        return
+    with contextlib.suppress(OSError, AgentcgError, ValueError):
+        if peer.pid in target.procs():
+            parent = parent_pid(peer.pid)
+            mount = find_cgroup2_mount()
+            if parent is not None and mount is not None:
+                Cgroup(mount / cgroup_path_of_pid(parent).lstrip("/")).add_process(peer.pid)
+    raise PeerGone(f"pid {peer.pid} exited while it was being moved")
 
 
 def parent_pid(pid: int) -> int | None:

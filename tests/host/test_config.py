@@ -10,6 +10,7 @@ from agentcg.core.config import (
     CallConfig,
     Config,
     DaemonConfig,
+    Grant,
     Priority,
     SessionConfig,
     load_config,
@@ -42,13 +43,17 @@ def test_defaults_match_the_contract():
         socket=Path("/run/agentcg/agentcg.sock"),
         socket_group=None,
         socket_mode=0o660,
-        state_dir=Path("/run/agentcg"),
+        state_dir=Path("/var/lib/agentcg"),
         max_frame=65536,
         max_connections=1024,
         max_requests_per_second=200,
         idle_timeout_s=300,
         frame_timeout_s=10,
         reclaim_grace_s=15,
+        admin_connections=16,
+        max_sessions=1024,
+        max_calls=4096,
+        protection_fraction=0.25,
     )
     assert c.admin == AdminConfig(uids=(0,), gids=())
     assert dict(c.size_classes) == {"low": 256 * MiB, "medium": GiB, "high": 4 * GiB}
@@ -59,6 +64,8 @@ def test_defaults_match_the_contract():
         "low": Priority(25, 0.0, 0),
     }
     assert c.session == SessionConfig(None, None, 64, 4096)
+    assert (c.session.max_memory_fraction, c.session.max_pids) == (0.5, 32768)
+    assert dict(c.grants) == {}
     assert c.call == CallConfig(1.25, "medium", "normal", None, 86400)
     assert Path("/etc/agentcg/agentcg.toml") == DEFAULT_PATH
 
@@ -147,6 +154,19 @@ max_timeout_s = 3600
     assert c.priorities["critical"] == Priority(1000, 1.0, 30)
     assert c.session == SessionConfig(8 * GiB, 32 * GiB, 16, 512)
     assert c.call == CallConfig(1.5, "low", "batch", 600.0, 3600.0)
+
+
+def test_grants(tmp_path):
+    c = load(
+        tmp_path,
+        '[grants]\nhigh = { uids = [1000], containers = ["web1"] }\nlow = {}\n',
+    )
+    assert dict(c.grants) == {"high": Grant(uids=(1000,), containers=("web1",))}
+    assert "grants.turbo names no priority" in error(tmp_path, "[grants]\nturbo = {}\n")
+    assert "grants.high.users" in error(tmp_path, "[grants]\nhigh = { users = [1] }\n")
+    assert "grants.high.containers" in error(
+        tmp_path, '[grants]\nhigh = { containers = ["a\\nb"] }\n'
+    )
 
 
 @pytest.mark.parametrize(("raw", "mode"), [("0o660", 0o660), ("0660", 0o660), ("600", 0o600)])

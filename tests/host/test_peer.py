@@ -1,3 +1,4 @@
+import ctypes
 import os
 import socket
 import subprocess
@@ -8,6 +9,7 @@ import pytest
 from agentcg.kernel.peer import PeerGone, PeerHandle, container_of, is_descendant, parent_pid
 
 CID = "4f" * 32
+CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000  # os.unshare needs Python 3.12
 
 
 @pytest.mark.parametrize(
@@ -16,6 +18,12 @@ CID = "4f" * 32
         (f"/docker/{CID}", CID),  # cgroupfs driver
         (f"/system.slice/docker-{CID}.scope", CID),  # systemd driver
         (f"/docker/{CID}/nested", CID),
+        (f"/system.slice/libpod-{CID}.scope/container", CID),  # podman
+        (f"/kubepods.slice/kubepods-pod1.slice/cri-containerd-{CID}.scope", CID),
+        (f"/kubepods/burstable/pod7/{CID}", CID),  # kubelet, cgroupfs driver
+        ("/lxc.payload.web1/init.scope", "web1"),
+        ("/machine.slice/machine-deb12.scope/payload", "deb12"),
+        (f"/docker/{CID}/docker/{'ab' * 32}", CID),  # the outermost one labels it
         ("/user.slice/user-1000.slice/session-2.scope", None),
         (f"/docker/{CID[:-1]}", None),  # not a full id
         (f"/mydocker/{CID}x", None),
@@ -24,6 +32,46 @@ CID = "4f" * 32
 )
 def test_container_of(cgroup: str, container: str | None) -> None:
     assert container_of(cgroup) == container
+
+
+def test_label_needs_a_root_owned_cgroup(tmp_path) -> None:
+    # A user with a delegated subtree can name a directory after a container; a label
+    # counts only where root owns the directory that carries it.
+    fake = tmp_path / "user.slice" / f"docker-{CID}.scope"
+    fake.mkdir(parents=True)
+    path = f"/user.slice/docker-{CID}.scope"
+    assert container_of(path, tmp_path) == CID
+    os.chown(fake, 1000, 1000)
+    assert container_of(path, tmp_path) is None
+    assert container_of(path) == CID  # the path alone, without the ownership check
+
+
+def test_confined_means_other_namespaces(tmp_path) -> None:
+    path = str(tmp_path / "s")
+    with socket.socket(socket.AF_UNIX) as ours:
+        ours.bind(path)
+        ours.listen()
+        for flags, confined in ((0, False), (CLONE_NEWUSER, True), (CLONE_NEWNS, True)):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    s = socket.socket(socket.AF_UNIX)
+                    s.connect(path)
+                    if flags:
+                        assert ctypes.CDLL(None, use_errno=True).unshare(flags) == 0
+                    s.send(b"x")  # now in its namespaces
+                    s.recv(1)
+                finally:
+                    os._exit(0)
+            conn, _ = ours.accept()
+            with conn:
+                conn.recv(1)
+                handle = PeerHandle(conn)
+                peer = handle.current()
+                assert (peer.pid, peer.confined) == (pid, confined)
+                assert peer.as_dict()["confined"] is confined
+                handle.close()
+            os.waitpid(pid, 0)
 
 
 def test_descendants() -> None:

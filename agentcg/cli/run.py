@@ -1,0 +1,100 @@
+"""`agentcg run`: one command as one tool call, behaving like the command itself.
+
+Exit status as a shell gives it: the tool's own, 128+N when a signal ended it (137
+when the daemon killed it, also when its session was closed or an admin ended the call
+meanwhile), 127 for a command that does not exist and 126 for one that cannot run.
+SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to the wrapper reach the tool; the same
+signals from the terminal already reach it (same process group) and are not sent twice.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from agentcg.core.errors import AgentcgError
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+SI_KERNEL = 0x80  # si_code of a signal the kernel sent itself, e.g. the tty's ^C to a group
+
+
+def _on_event(msg: dict[str, Any]) -> None:
+    if msg["event"] in ("throttled", "oom", "killed", "frozen"):
+        print(
+            f"agentcg: tool call {msg['event']}: {json.dumps(msg['data'])}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _cannot_run(command: Sequence[str], e: OSError) -> int:
+    print(f"agentcg: {command[0]}: {e.strerror}", file=sys.stderr, flush=True)
+    return 127 if e.errno == errno.ENOENT else 126
+
+
+def _status(returncode: int) -> int:
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def run_tool(
+    command: Sequence[str], session: str | None, json_out: bool, intent: dict[str, Any]
+) -> int:
+    """Run `command` as one tool call; the exit status for the wrapper."""
+    from agentcg.client import Client
+
+    # Blocked before the client's reader thread exists, so no thread takes these
+    # signals by default action; the main thread waits for them below.
+    waited = {*FORWARDED, signal.SIGCHLD}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    with Client(on_event=_on_event) as client:
+        if client.server.get("call"):
+            # Already inside a tool call (a shim wrapping every command): the
+            # command belongs to that call, so just run it.
+            client.close()
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            try:
+                os.execvp(command[0], list(command))
+            except OSError as e:
+                return _cannot_run(command, e)
+        call = client.tool_call(session=session, **intent).begin()
+        attach = call.preexec()
+
+        def child() -> None:
+            attach()  # exits 126 if the daemon would not place it
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+        try:
+            proc = subprocess.Popen(list(command), preexec_fn=child)
+        except OSError as e:
+            call.end(127 if e.errno == errno.ENOENT else 126)
+            return _cannot_run(command, e)
+        finally:
+            attach.close()
+        while proc.poll() is None:
+            info = signal.sigwaitinfo(waited)
+            if info.si_signo != signal.SIGCHLD and info.si_code != SI_KERNEL:
+                proc.send_signal(info.si_signo)
+        status = proc.returncode
+        try:
+            outcome = call.end(status)
+        except AgentcgError as e:
+            if e.code not in ("not_found", "conflict"):
+                raise
+            print(
+                "agentcg: the daemon ended this tool call (its session was closed or an "
+                "admin ended it)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return _status(status)
+    if json_out:
+        print(json.dumps(outcome), file=sys.stderr)
+    if outcome.get("advice"):
+        print(f"agentcg: {outcome['advice']}", file=sys.stderr)
+    return _status(status)
