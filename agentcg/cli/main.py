@@ -143,7 +143,7 @@ def run(command: tuple[str, ...], session: str | None, json_out: bool, **intent:
 @click.option("--root", type=click.Path(path_type=Path), help="cgroup subtree the daemon would own")
 def doctor(json_output: bool, root: Path | None) -> None:
     """Report what this host can do; exit 0 full, 1 degraded, 2 cannot run."""
-    from agentcg.cli.doctor import doctor_main
+    from agentcg.cli.doctor.report import doctor_main
 
     sys.exit(doctor_main(json_output, root))
 

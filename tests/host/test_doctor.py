@@ -1,5 +1,6 @@
-"""agentcg.cli.doctor and agentcg.btf logic. Cgroup trees here are plain tmp dirs: the
-checks only read files and mkdir/rmdir, which a regular filesystem serves the same way."""
+"""agentcg.cli.doctor (its check domains and the report) and agentcg.kernel.btf logic.
+Cgroup trees here are plain tmp dirs: the checks only read files and mkdir/rmdir, which a
+regular filesystem serves the same way."""
 
 import json
 import socket
@@ -8,17 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agentcg.cli.doctor import (
-    FEATURES,
-    Check,
-    Report,
-    cgroup_checks,
-    docker_check,
-    parse_bpftool_version,
-    parse_clang_version,
-    render,
-    run_checks,
-)
+from agentcg.cli.doctor.base import Check
+from agentcg.cli.doctor.bpf import parse_bpftool_version, parse_clang_version
+from agentcg.cli.doctor.cgroups import cgroup_checks
+from agentcg.cli.doctor.docker import docker_check
+from agentcg.cli.doctor.report import FEATURES, Report, render, run_checks
 from agentcg.kernel import btf as btfmod
 
 # ---------------------------------------------------------------- BTF

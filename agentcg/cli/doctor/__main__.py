@@ -1,0 +1,7 @@
+"""`python -m agentcg.cli.doctor [--json] [--root PATH]`."""
+
+import sys
+
+from agentcg.cli.doctor.report import main
+
+sys.exit(main())
