@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 
 from tests.kernel.daemon_fixture import RunningDaemon
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("docker")]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,7 +143,7 @@ def test_container_agent_is_bound_to_its_container(
     assert seen["outcome"] == 0
     # The host's root (admin) sees that session bound to the container.
     listed = subprocess.run(
-        [str(ROOT / ".venv/bin/agentcg"), "status"],
+        [sys.executable, "-m", "agentcg.cli.main", "status", "--json"],
         capture_output=True,
         text=True,
         env={**os.environ, "AGENTCG_SOCKET": str(daemon.socket)},

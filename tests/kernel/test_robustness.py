@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -822,24 +824,47 @@ print(json.dumps(out))
 """
 
 
+def _reachable_by_others(path: Path) -> bool:
+    """Every directory above `path` searchable, and `path` readable and executable, by others."""
+    dirs_ok = all(os.stat(d).st_mode & 0o001 for d in path.parents)
+    return dirs_ok and os.stat(path).st_mode & 0o005 == 0o005
+
+
+@contextlib.contextmanager
+def package_copy_for_others() -> Iterator[Path]:
+    """A world-readable copy of the agentcg package: the checkout (and its venv) may live
+    in a private directory that another uid cannot enter, e.g. a clone in root's home."""
+    with tempfile.TemporaryDirectory(prefix="agentcg-other-uid-") as tmp:
+        top = Path(tmp)
+        shutil.copytree(
+            ROOT / "agentcg", top / "agentcg", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        for d, _, files in os.walk(top):
+            os.chmod(d, 0o755)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o644)
+        yield top
+
+
 def test_other_uid_cannot_touch_my_session_or_call(daemon: RunningDaemon) -> None:
-    for p in (ROOT / "agentcg", ROOT / "tests", Path(sys.executable).resolve()):
-        assert os.stat(p).st_mode & 0o005 == 0o005, f"{p} is not readable by uid {NOBODY}"
+    # The SDK needs only the standard library: the base interpreter, not the venv's.
+    python = Path(sys._base_executable).resolve()
+    assert _reachable_by_others(python), f"{python} cannot be run by uid {NOBODY}"
     assert os.stat(daemon.socket).st_mode & 0o777 == 0o666
 
-    with Client() as c:
+    with Client() as c, package_copy_for_others() as pkg:
         c.open_session("mine")
         call = c.tool_call(session="mine", memory="32M", label="sleep").begin()
         tool = call.popen(["sleep", "600"])
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": str(pkg),
             "PYTHONDONTWRITEBYTECODE": "1",
             "AGENTCG_SOCKET": str(daemon.socket),
             "HOME": "/",
         }
         done = subprocess.run(
-            [sys.executable, "-c", OTHER_UID_AGENT, "mine", call.id, call.token],
+            [str(python), "-c", OTHER_UID_AGENT, "mine", call.id, call.token],
             user=NOBODY,
             group=NOBODY,
             extra_groups=[],

@@ -10,7 +10,7 @@ from agentcg.bpf.tracing import ExecTracer
 from agentcg.kernel.cgroup import Cgroup
 from tests.kernel.cgroup_fixture import scratch_cgroup
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("bcc")]
 
 
 @pytest.fixture
