@@ -64,8 +64,10 @@ version_at_least() { dpkg --compare-versions "$(dpkg-query -W -f='${Version}' "$
 
 setup_apt() {
   # docker.io: a real engine for the container-identity kernel tests (run in the VM).
+  # prometheus (with promtool) scrapes the exporter in a kernel test; tmux drives
+  # `agentcg top` in a real terminal.
   local base=(qemu-system-x86 kmod busybox-static clang-19 llvm-19 python3-bpfcc python3-venv
-              python3-pip iproute2 docker.io)
+              python3-pip iproute2 docker.io prometheus tmux)
   local missing=()
   for p in "${base[@]}"; do installed "$p" || missing+=("$p"); done
   # struct_ops links need libbpf >= 1.4 and bpftool 7.x; bookworm has them only in backports.

@@ -1,4 +1,4 @@
-"""`agentcg` command line: daemon, run, doctor, status, vm, bench."""
+"""`agentcg` command line: daemon, run, doctor, status, top, exporter, vm, bench."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from agentcg import __version__
+from agentcg.cli.observe import exporter, status, top
 from agentcg.core.errors import AgentcgError
 
 
@@ -21,6 +22,10 @@ from agentcg.core.errors import AgentcgError
 @click.version_option(__version__)
 def main() -> None:
     """Per-tool-call cgroup v2 resource control for sandboxed AI agents."""
+
+
+for _command in (status, top, exporter):
+    main.add_command(_command)
 
 
 @main.command()
@@ -56,7 +61,9 @@ def daemon(
     """Run the daemon (as root) in the foreground."""
     from agentcg.core.config import DEFAULT_PATH, load_config
     from agentcg.daemon.app import Daemon
+    from agentcg.daemon.notify import Notifier
     from agentcg.daemon.server import Server
+    from agentcg.daemon.stats import status_line
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -87,6 +94,9 @@ def daemon(
         d.start(loop)
         server = Server(d)
         await server.start()
+        notifier = Notifier.from_env(lambda: status_line(d.reg))
+        if notifier:
+            notifier.ready(loop)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -96,6 +106,8 @@ def daemon(
             flush=True,
         )
         await stop.wait()
+        if notifier:
+            notifier.stopping()
         await server.close()
         await d.shutdown()
 
@@ -146,24 +158,6 @@ def doctor(json_output: bool, root: Path | None) -> None:
     from agentcg.cli.doctor.report import doctor_main
 
     sys.exit(doctor_main(json_output, root))
-
-
-@main.command()
-@click.option("--session", "-s", help="one session (default: all, needs admin)")
-def status(session: str | None) -> None:
-    """Show sessions and their running tool calls."""
-    from agentcg.client import Client
-
-    try:
-        with Client() as client:
-            result = (
-                client.request("session.status", session=session)
-                if session
-                else client.request("list")
-            )
-    except AgentcgError as e:
-        raise click.ClickException(e.message) from None
-    click.echo(json.dumps(result, indent=2))
 
 
 @main.command()

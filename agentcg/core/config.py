@@ -17,7 +17,8 @@ from types import MappingProxyType
 from typing import Any
 
 from agentcg.core.errors import AgentcgError, ConfigError
-from agentcg.core.intent import MAX_PIDS, check_int, check_number, parse_size, show
+from agentcg.core.intent import MAX_PIDS, check_int, check_number, parse_size, show, validate_name
+from agentcg.core.metrics import DEFAULT_TOOL_KINDS, OTHER
 
 DEFAULT_PATH = Path("/etc/agentcg/agentcg.toml")
 
@@ -102,6 +103,13 @@ class Grant:
     containers: tuple[str, ...] = ()  # container labels, as peer.py reads them
 
 
+@dataclass(frozen=True)
+class MetricsConfig:
+    tool_kinds: tuple[str, ...] = DEFAULT_TOOL_KINDS  # other labels count as "other"
+    reader_uids: tuple[int, ...] = ()  # may read every session's stats (the exporter)
+    reader_gids: tuple[int, ...] = ()
+
+
 def _default_size_classes() -> Mapping[str, int]:
     return MappingProxyType({"low": 256 * MiB, "medium": 1 * GiB, "high": 4 * GiB})
 
@@ -125,6 +133,7 @@ class Config:
     priorities: Mapping[str, Priority] = field(default_factory=_default_priorities)
     session: SessionConfig = field(default_factory=SessionConfig)
     call: CallConfig = field(default_factory=CallConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     grants: Mapping[str, Grant] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
@@ -220,6 +229,19 @@ def _labels(key: str, v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _label(key: str, v: Any) -> str:
+    return _wrap(key, lambda: validate_name(key, v))
+
+
+def _tool_kinds(key: str, v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or len(v) > 64:
+        raise _fail(key, "a list of at most 64 tool labels", v)
+    kinds = tuple(_label(f"{key}[{i}]", x) for i, x in enumerate(v))
+    if OTHER in kinds:
+        raise _fail(key, f'a list without "{OTHER}" (every unlisted label counts as it)', v)
+    return kinds
+
+
 def _headroom(key: str, v: Any) -> float:
     return _wrap(key, lambda: check_number(key, v, 1.0, 16.0, lo_open=False))
 
@@ -295,6 +317,10 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
             "default_timeout_s": _nullable(_seconds(0.0, 365 * 86400.0)),
             "max_timeout_s": _seconds(0.0, 365 * 86400.0),
         },
+    ),
+    "metrics": (
+        MetricsConfig,
+        {"tool_kinds": _tool_kinds, "reader_uids": _id_list, "reader_gids": _id_list},
     ),
 }
 _PRIORITY_FIELDS: dict[str, Checker] = {

@@ -157,6 +157,9 @@ OPS: Mapping[str, OpSpec] = {
     "call.status": _spec(call=_req(_call_id)),
     "call.claim": _spec(call=_req(_call_id), token=_req(_token)),
     "list": _spec(admin=True),
+    # Counters and usage for metrics and `agentcg top`: every session for admins and
+    # metrics readers, the peer's own sessions otherwise (docs/metrics.md).
+    "stats": _spec(session=_opt(_session)),
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from agentcg.core.config import Config
 from agentcg.core.errors import AgentcgError
+from agentcg.core.metrics import DaemonStats
 from agentcg.core.protocol import OPS, Request
 from agentcg.daemon.bus import EventBus
 from agentcg.daemon.calls import Calls
@@ -27,6 +28,7 @@ from agentcg.daemon.recovery import recover
 from agentcg.daemon.registry import Connection, Registry
 from agentcg.daemon.sessions import Sessions
 from agentcg.daemon.state import State
+from agentcg.daemon.stats import Stats
 from agentcg.kernel.peer import Peer
 from agentcg.kernel.watch import Watcher
 
@@ -36,12 +38,19 @@ Handler = Callable[[Connection, dict[str, Any]], Awaitable[dict[str, Any]]]
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.reg = Registry(cfg, Layout(cfg.daemon.root), State(cfg.daemon.state_dir), EventBus())
+        self.reg = Registry(
+            cfg,
+            Layout(cfg.daemon.root),
+            State(cfg.daemon.state_dir),
+            EventBus(),
+            DaemonStats(cfg.metrics.tool_kinds),
+        )
         self.escalation = Escalation(self.reg)
         self.events = KernelEvents(self.reg, self.escalation)
         self.ending = Ending(self.reg, self.events)
         self.sessions = Sessions(self.reg, self.events, self.escalation, self.ending)
         self.calls = Calls(self.reg, self.events, self.sessions, self.ending)
+        self.stats = Stats(self.reg)
         self.handlers: dict[str, Handler] = {
             "hello": self.sessions.hello,
             "session.open": self.sessions.open,
@@ -53,6 +62,7 @@ class Daemon:
             "call.end": self.calls.end,
             "call.status": self.calls.status,
             "call.claim": self.calls.claim,
+            "stats": self.stats.stats,
         }
         missing, extra = set(OPS) - set(self.handlers), set(self.handlers) - set(OPS)
         if missing or extra:

@@ -75,6 +75,7 @@ class Calls:
         reg.runtime[call.id] = CallRuntime(conn=conn)
         sess.calls.add(call.id)
         conn.calls.add(call.id)
+        reg.stats.call_started(sess.name)
         self._arm_timeout(call)
         reg.state.put("calls", call.id, call.record())
         return {

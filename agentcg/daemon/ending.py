@@ -34,6 +34,7 @@ class Ending:
         # Whatever the tool left running in the background ends with the call.
         await reg.layout.drain(cg)
         outcome = read_outcome(call, cg, exit_status)
+        reg.stats.call_ended(call.session, outcome)
         self.events.unwatch(call)
         reg.layout.remove(cg)  # already empty: no wait
         reg.calls.pop(call.id, None)

@@ -26,6 +26,7 @@ class Escalation:
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     def on_session_memory_events(self, name: str) -> None:
+        detected = time.monotonic()
         reg = self.reg
         sess = reg.sessions.get(name)
         if sess is None:
@@ -36,6 +37,7 @@ class Escalation:
             return
         if high <= sess.high_events:
             return
+        reg.stats.action(name, "throttle", "session_memory_high", count=high - sess.high_events)
         sess.high_events = high
         snapshot = [
             RunningCall(
@@ -56,6 +58,7 @@ class Escalation:
             log.warning("could not freeze call %s: %s", call.id, e)
             return
         call.frozen_at, call.was_frozen = time.monotonic(), True
+        reg.stats.observe_latency("freeze", detected)
         log.info("session %s under memory pressure: froze call %s", name, call.id)
         reg.push(call, "frozen", {"reason": "session_pressure", "session": name})
         self._schedule(name)

@@ -17,6 +17,7 @@ from typing import Any
 from agentcg.core import authz
 from agentcg.core.config import Config
 from agentcg.core.errors import AgentcgError
+from agentcg.core.metrics import DaemonStats
 from agentcg.core.model import Call, Session
 from agentcg.daemon.bus import EventBus
 from agentcg.daemon.layout import Layout
@@ -56,6 +57,7 @@ class Registry:
     layout: Layout
     state: State
     bus: EventBus
+    stats: DaemonStats  # counters for the stats op; BPF loaders report their state here
     sessions: dict[str, Session] = field(default_factory=dict)
     calls: dict[str, Call] = field(default_factory=dict)
     runtime: dict[str, CallRuntime] = field(default_factory=dict)

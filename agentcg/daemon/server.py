@@ -107,6 +107,7 @@ class Server:
             writer.close()
             return
         self.active += 1
+        self.daemon.reg.stats.clients = self.active
         self.per_peer[key] = self.per_peer.get(key, 0) + 1
 
         def push(msg: dict[str, Any]) -> None:
@@ -126,6 +127,7 @@ class Server:
             pass  # the peer vanished mid-reply; its calls are cleaned up below
         finally:
             self.active -= 1
+            self.daemon.reg.stats.clients = self.active
             self.per_peer[key] -= 1
             if not self.per_peer[key]:
                 del self.per_peer[key]
@@ -158,12 +160,13 @@ class Server:
             )
             last = now
             rid: int | str | None = None
+            op = "invalid"  # the op label of a frame that does not parse, in the stats
             # Every frame costs a token, so a flood of garbage is throttled too.
             allowed = tokens >= 1
             tokens -= 1 if allowed else 0
             try:
                 req = protocol.parse_request(line, self.cfg.max_frame, require_version=first)
-                rid = req.id
+                rid, op = req.id, req.op
                 if not allowed:
                     raise AgentcgError("busy", "too many requests on this connection; slow down")
                 try:
@@ -192,6 +195,7 @@ class Server:
                         "internal", f"internal error ({type(e).__name__}); see the daemon log"
                     ),
                 )
+            self.daemon.reg.stats.request(op, None if reply["ok"] else reply["error"]["code"])
             writer.write(protocol.encode(reply))
             await writer.drain()
 

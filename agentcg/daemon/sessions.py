@@ -85,6 +85,7 @@ class Sessions:
                         reg.layout.by_relative_path(origin).add_process(int(pid))
         await reg.layout.remove_async(scg)
         reg.state.drop("sessions", sess.name)
+        reg.stats.session_closed(sess.name)
         return {"closed": sess.name, "killed_calls": killed}
 
     async def status(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:

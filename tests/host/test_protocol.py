@@ -195,8 +195,19 @@ def test_every_op_is_in_the_table():
         "call.status",
         "call.claim",
         "list",
+        "stats",
     }
     assert [name for name, spec in OPS.items() if spec.admin] == ["list"]
+
+
+def test_stats_takes_an_optional_session():
+    assert parse_request(frame({"v": 1, "id": 1, "op": "stats"})).args == {}
+    r = parse_request(frame({"v": 1, "id": 1, "op": "stats", "args": {"session": "task-1"}}))
+    assert r.args == {"session": "task-1"}
+    assert error_of(frame({"id": 1, "op": "stats", "args": {"session": "../x"}})).code == (
+        "invalid_value"
+    )
+    assert error_of(frame({"id": 1, "op": "stats", "args": {"all": True}})).code == "unknown_field"
 
 
 @pytest.mark.parametrize(
