@@ -19,6 +19,19 @@ class EventKind(IntEnum):
     """enum agentcg_event_kind: member X is AGENTCG_EVENT_X."""
 
     EXEC = 1
+    MEM_RECLAIM = 2
+    MEM_EVENT = 3
+    MEM_OOM_VICTIM = 4
+    MEM_FROZEN = 5
+
+
+class MemItem(IntEnum):
+    """enum agentcg_mem_item: member X is AGENTCG_MEM_X."""
+
+    HIGH = 1
+    MAX = 2
+    OOM = 3
+    OOM_KILL = 4
 
 
 class EventHeader(ctypes.Structure):
@@ -50,7 +63,36 @@ class RawExecEvent(Event):
     )
 
 
-EVENT_TYPES: dict[int, type[Event]] = {t.kind: t for t in (RawExecEvent,)}
+class RawMemEvent(Event):
+    """One layout for the four MEM_ kinds; ``kind`` here is the first of them."""
+
+    c_name = "agentcg_mem_event"
+    kind = EventKind.MEM_RECLAIM
+    _fields_ = (
+        ("hdr", EventHeader),
+        ("item", ctypes.c_uint32),
+        ("pid", ctypes.c_uint32),
+        ("nr_reclaimed", ctypes.c_uint64),
+        ("usage", ctypes.c_uint64),
+        ("high", ctypes.c_uint64),
+        ("max", ctypes.c_uint64),
+    )
+
+
+class MemWatch(ctypes.Structure):
+    """Value of memwatch's ``watched`` map (not an event)."""
+
+    c_name: ClassVar[str] = "agentcg_mem_watch"
+    _fields_ = (("last_reclaim_ns", ctypes.c_uint64), ("last_event_ns", ctypes.c_uint64))
+
+
+EVENT_TYPES: dict[int, type[Event]] = {
+    EventKind.EXEC: RawExecEvent,
+    EventKind.MEM_RECLAIM: RawMemEvent,
+    EventKind.MEM_EVENT: RawMemEvent,
+    EventKind.MEM_OOM_VICTIM: RawMemEvent,
+    EventKind.MEM_FROZEN: RawMemEvent,
+}
 
 
 def decode(data: int, size: int) -> Event:

@@ -8,6 +8,7 @@ of seconds under emulation): load a program once per process, never per request.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -55,8 +56,9 @@ def include_dir() -> Path:
     return include
 
 
-def load_bcc(name: str, what: str) -> Any:
-    """bcc.BPF for bpf/<name>, compiled and loaded; ``what`` names it in errors.
+def load_bcc(name: str, what: str, cflags: Sequence[str] = ()) -> Any:
+    """bcc.BPF for bpf/<name>, compiled and loaded; ``what`` names it in errors and
+    ``cflags`` are added to clang's (e.g. -D macros).
 
     Programs declared with TRACEPOINT_PROBE and friends attach themselves on load.
     """
@@ -68,7 +70,7 @@ def load_bcc(name: str, what: str) -> Any:
         ) from None
     text = read_source(name)
     try:
-        return BPF(text=text.encode(), cflags=[f"-I{include_dir()}"])
+        return BPF(text=text.encode(), cflags=[f"-I{include_dir()}", *cflags])
     except Exception as e:  # bcc raises bare Exception on compile and load failures
         raise AgentcgError(
             ErrorCode.UNAVAILABLE,

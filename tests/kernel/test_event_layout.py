@@ -7,12 +7,17 @@ from typing import Any
 
 import pytest
 
-from agentcg.bpf.events import EVENT_TYPES, EventHeader, EventKind
+from agentcg.bpf.events import EVENT_TYPES, EventHeader, EventKind, MemItem, MemWatch
 from agentcg.bpf.sources import include_dir
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("bcc")]
 
-MIRRORS: list[type[ctypes.Structure]] = [EventHeader, *EVENT_TYPES.values()]
+# Several kinds share one struct: each struct once, plus the map values.
+MIRRORS: list[type[ctypes.Structure]] = [
+    EventHeader,
+    *dict.fromkeys(EVENT_TYPES.values()),
+    MemWatch,
+]
 
 
 def layout(t: Any, base: int = 0, prefix: str = "") -> list[tuple[str, int, int]]:
@@ -33,6 +38,7 @@ def compiled():
     lines = ["#include <linux/types.h>", "#include <agentcg/events.h>"]
     lines += [f"BPF_ARRAY(layout_{i}, struct {t.c_name}, 1);" for i, t in enumerate(MIRRORS)]
     lines += [f"BPF_ARRAY(kind_{k.name}, u8, AGENTCG_EVENT_{k.name});" for k in EventKind]
+    lines += [f"BPF_ARRAY(item_{i.name}, u8, AGENTCG_MEM_{i.name});" for i in MemItem]
     b = BPF(text="\n".join(lines).encode(), cflags=[f"-I{include_dir()}"])
     yield b
     b.cleanup()
@@ -47,14 +53,19 @@ def test_mirror_matches_the_c_struct(compiled, index):
 
 
 def test_every_event_starts_with_the_header():
-    for t in EVENT_TYPES.values():
+    for kind, t in EVENT_TYPES.items():
         assert t._fields_[0] == ("hdr", EventHeader), t.c_name
-        assert EVENT_TYPES[t.kind] is t
+        assert EVENT_TYPES[t.kind] is t, kind
 
 
 def test_event_kinds_match_the_c_enum(compiled):
     for kind in EventKind:
         assert compiled[f"kind_{kind.name}".encode()].max_entries == kind.value, kind.name
+
+
+def test_memory_items_match_the_c_enum(compiled):
+    for item in MemItem:
+        assert compiled[f"item_{item.name}".encode()].max_entries == item.value, item.name
 
 
 def test_a_drifted_mirror_is_caught(compiled):
