@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from agentcg.core.errors import AgentcgError, ConfigError
+from agentcg.core.escalation import MemoryConfig
 from agentcg.core.intent import MAX_PIDS, check_int, check_number, parse_size, show, validate_name
 from agentcg.core.metrics import DEFAULT_TOOL_KINDS, OTHER
 
@@ -64,7 +65,12 @@ class AdminConfig:
 class Priority:
     cpu_weight: int
     memory_low_fraction: float  # share of the requested memory protected by memory.low
-    kill_order: int  # lower is killed first
+    kill_order: int  # lower ranks give way to higher ones when a session runs short
+    memory_min_fraction: float = 0.0  # share of the requested memory kept by memory.min
+    # oom_score_adj of the call's processes: the kernel's OOM killer takes the highest
+    # (rss + adj/1000 of the budget) first, so low priorities go before high ones and
+    # every call before the agent (0).
+    oom_score_adj: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,11 +80,9 @@ class SessionConfig:
     max_calls: int = 64
     default_pids: int = 4096
     max_per_owner: int = 32  # open sessions per (uid, container)
-    # Escalation inside a session that has a memory budget: at this share of the
-    # budget (its memory.high) the kernel throttles and the daemon freezes the
-    # lowest-priority call; 1.0 turns it off and leaves the kernel's OOM killer.
-    pressure_fraction: float = 0.9
-    freeze_grace_s: float = 2.0  # a frozen call is killed if memory has not come back by then
+    # The asks of a session's calls may add up to this many times its memory budget;
+    # their memory.low must fit the budget itself.
+    memory_overcommit: float = 2.0
     # A session never gets more than this share of the memory available where it lives
     # (the host's, or the nearest ancestor's memory.max); without a memory ask it gets it.
     max_memory_fraction: float = 0.5
@@ -117,10 +121,10 @@ def _default_size_classes() -> Mapping[str, int]:
 def _default_priorities() -> Mapping[str, Priority]:
     return MappingProxyType(
         {
-            "critical": Priority(1000, 1.0, 30),
-            "high": Priority(400, 0.5, 20),
-            "normal": Priority(100, 0.0, 10),
-            "low": Priority(25, 0.0, 0),
+            "critical": Priority(1000, 1.0, 30, memory_min_fraction=0.5, oom_score_adj=300),
+            "high": Priority(400, 0.5, 20, memory_min_fraction=0.25, oom_score_adj=500),
+            "normal": Priority(100, 0.0, 10, oom_score_adj=800),
+            "low": Priority(25, 0.0, 0, oom_score_adj=1000),
         }
     )
 
@@ -134,6 +138,7 @@ class Config:
     session: SessionConfig = field(default_factory=SessionConfig)
     call: CallConfig = field(default_factory=CallConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     grants: Mapping[str, Grant] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
@@ -172,8 +177,14 @@ def _fraction(key: str, v: Any) -> float:
     return _wrap(key, lambda: check_number(key, v, 0.0, 1.0, lo_open=False))
 
 
-def _pressure_fraction(key: str, v: Any) -> float:
-    return _wrap(key, lambda: check_number(key, v, 0.5, 1.0, lo_open=False))
+def _overcommit(key: str, v: Any) -> float:
+    return _wrap(key, lambda: check_number(key, v, 1.0, 16.0, lo_open=False))
+
+
+def _bool(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _fail(key, "true or false", v)
+    return v
 
 
 def _size(key: str, v: Any) -> int:
@@ -302,8 +313,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
             "max_calls": _int(1, 1_000_000),
             "default_pids": _int(1, MAX_PIDS),
             "max_per_owner": _int(1, 1_000_000),
-            "pressure_fraction": _pressure_fraction,
-            "freeze_grace_s": _seconds(0.0, 3600.0),
+            "memory_overcommit": _overcommit,
             "max_memory_fraction": _share,
             "max_pids": _int(1, MAX_PIDS),
         },
@@ -318,6 +328,17 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
             "max_timeout_s": _seconds(0.0, 365 * 86400.0),
         },
     ),
+    "memory": (
+        MemoryConfig,
+        {
+            "bpf": _bool,
+            "step": _size,
+            "thaw_room": _size,
+            "recheck_s": _seconds(0.0, 10.0),
+            "psi_stall_us": _int(1000, 10_000_000),
+            "psi_window_us": _int(10_000, 10_000_000),
+        },
+    ),
     "metrics": (
         MetricsConfig,
         {"tool_kinds": _tool_kinds, "reader_uids": _id_list, "reader_gids": _id_list},
@@ -327,7 +348,10 @@ _PRIORITY_FIELDS: dict[str, Checker] = {
     "cpu_weight": _int(1, MAX_CPU_WEIGHT),
     "memory_low_fraction": _fraction,
     "kill_order": _int(-1000, 1000),
+    "memory_min_fraction": _fraction,
+    "oom_score_adj": _int(-999, 1000),
 }
+_PRIORITY_OPTIONAL = ("memory_min_fraction", "oom_score_adj")
 _GRANT_FIELDS: dict[str, Checker] = {"uids": _id_list, "gids": _id_list, "containers": _labels}
 _TOP_KEYS = [*_SECTIONS, "size_classes", "priorities", "grants"]
 
@@ -367,14 +391,15 @@ def _build(raw: dict[str, Any]) -> Config:
         for f in entry:
             if f not in _PRIORITY_FIELDS:
                 raise _unknown(f"{key}.{f}", _PRIORITY_FIELDS)
-        missing = [f for f in _PRIORITY_FIELDS if f not in entry]
+        required = [f for f in _PRIORITY_FIELDS if f not in _PRIORITY_OPTIONAL]
+        missing = [f for f in required if f not in entry]
         if missing:
             raise ConfigError(
                 f"config: {key}.{missing[0]} is required (each priority sets all of "
-                f"{', '.join(_PRIORITY_FIELDS)})"
+                f"{', '.join(required)})"
             )
         priorities[pname] = Priority(
-            **{f: c(f"{key}.{f}", entry[f]) for f, c in _PRIORITY_FIELDS.items()}
+            **{f: c(f"{key}.{f}", entry[f]) for f, c in _PRIORITY_FIELDS.items() if f in entry}
         )
 
     grants = {}
@@ -404,6 +429,13 @@ def _build(raw: dict[str, Any]) -> Config:
 
 def _cross_check(cfg: Config) -> None:
     s, c = cfg.session, cfg.call
+    for name, prio in cfg.priorities.items():
+        if prio.memory_min_fraction > prio.memory_low_fraction:
+            raise ConfigError(
+                f"config: priorities.{name}.memory_min_fraction ({prio.memory_min_fraction:g}) "
+                f"is above its memory_low_fraction ({prio.memory_low_fraction:g}); "
+                "memory.min is the hard part of memory.low"
+            )
     if s.default_memory and s.max_memory and s.default_memory > s.max_memory:
         raise ConfigError(
             f"config: session.default_memory ({s.default_memory} bytes) is above "

@@ -53,10 +53,14 @@ DEFAULT_TOOL_KINDS = (
 # The daemon's actions on a call or session, and why. Counters for every pair start
 # at zero so dashboards show them before the first event.
 ACTIONS: Mapping[str, tuple[str, ...]] = {
-    # the kernel throttled at memory.high (counted per memory.events "high" increment)
-    "throttle": ("call_memory_high", "session_memory_high"),
-    "freeze": ("session_pressure",),
-    "thaw": ("pressure_relieved",),
+    # call_memory_high: the kernel forced reclaim at a call's memory.high (counted per
+    # memory.events "high" increment); room_for_higher: the daemon lowered a call's
+    # memory.high to keep room for higher-priority calls
+    "throttle": ("call_memory_high", "room_for_higher"),
+    # a call over its ask with nothing reclaimable got its memory.max as memory.high
+    "raise": ("over_ask",),
+    "freeze": ("room_for_higher", "session_at_limit"),
+    "thaw": ("room_back", "restored"),
     "kill": ("oom", "timeout", "disconnect", "session_closed", "pressure", "owner_gone"),
 }
 # How a call ended: by itself ("ok": exit 0, "failed": another status or a signal,
@@ -223,12 +227,13 @@ class DaemonStats:
         self.sessions[session].calls_started += 1
 
     def call_ended(self, session: str, outcome: Outcome) -> None:
-        """A call's final Outcome: its result, its histograms, and the throttle events
-        not yet counted (the daemon reports those at most once a second while it runs)."""
+        """A call's final Outcome: its result, its histograms, and the kernel's
+        memory.high throttle events of the call (counted from its memory.events)."""
         self.throttled(session, outcome.call, outcome.memory_high_events)
         self._high_seen.pop(outcome.call, None)
-        if outcome.oom_kills:
-            self.oom_killed(session, outcome.call)  # the kernel's event may not have come yet
+        if outcome.oom_kills:  # the kernel's event may not have come yet
+            reason = "pressure" if outcome.killed_reason == "pressure" else "oom"
+            self.oom_killed(session, outcome.call, reason)
         self._oom_seen.discard(outcome.call)
         result = call_outcome(outcome.killed_reason, outcome.exit_status, outcome.signal)
         self.calls_finished[result] += 1
@@ -247,11 +252,12 @@ class DaemonStats:
             self._high_seen[call] = memory_high_events
             self.action(session, "throttle", "call_memory_high", call=call, count=new)
 
-    def oom_killed(self, session: str, call: str) -> None:
-        """The kernel OOM-killed the call (memory.oom.group: all of it); counted once."""
+    def oom_killed(self, session: str, call: str, reason: str = "oom") -> None:
+        """The kernel OOM-killed the call (memory.oom.group: all of it); counted once.
+        ``reason``: "oom" at its own memory.max, "pressure" when its session ran out."""
         if call not in self._oom_seen:
             self._oom_seen.add(call)
-            self.action(session, "kill", "oom", call=call)
+            self.action(session, "kill", reason, call=call)
 
     def action(
         self,

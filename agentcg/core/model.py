@@ -28,12 +28,10 @@ class Session:
     created: float
     adopted: dict[str, str] = field(default_factory=dict)  # pid -> cgroup it came from
     calls: set[str] = field(default_factory=set)
-    high_events: int = 0  # last seen memory.events "high" of the session (escalation)
 
     def record(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("calls")
-        d.pop("high_events")
         return d
 
 
@@ -51,7 +49,6 @@ class Call:
     killed_reason: str | None = None
     high_events: int = 0
     oom_kills: int = 0
-    last_throttle_push: float = 0.0
     frozen_at: float | None = None  # monotonic time of the freeze, while frozen
     was_frozen: bool = False
 
@@ -106,4 +103,5 @@ def limits_from_record(d: dict[str, Any]) -> CallLimits:
         cpu_max=(int(cpu_max[0]), int(cpu_max[1])) if cpu_max else None,
         pids_max=d["pids_max"],
         timeout_s=d["timeout_s"],
+        memory_min=d.get("memory_min", 0),
     )

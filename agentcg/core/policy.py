@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agentcg.core.config import Config
 from agentcg.core.errors import AgentcgError, LimitExceeded
 from agentcg.core.intent import Intent
+
+if TYPE_CHECKING:  # config imports the escalation module, which imports this one
+    from agentcg.core.config import Config
 
 PAGE = 4096
 MiB = 1024**2
@@ -76,39 +78,40 @@ class CallLimits:
     cpu_max: tuple[int, int] | None  # (quota_us, period_us)
     pids_max: int | None
     timeout_s: float | None
+    memory_min: int = 0  # bytes never reclaimed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def decide(
-    intent: Intent, cfg: Config, session_budget: int | None, session_committed: int
-) -> CallLimits:
-    """Limits for one call.
+@dataclass(frozen=True)
+class Committed:
+    """What a session's running calls hold already: the sum of their asks (memory_high)
+    and of their protection (memory_low)."""
 
-    ``session_budget`` is the session's memory cap (None: uncapped) and
-    ``session_committed`` the memory already promised to the session's running calls
-    (the sum of their memory_high). A declared ask that does not fit the remaining
-    budget raises limit_exceeded with advice; an undeclared call gets the default size
-    class shrunk to what is left. memory_max never exceeds the remaining budget.
+    asks: int = 0
+    protected: int = 0
+
+
+def decide(
+    intent: Intent, cfg: Config, session_budget: int | None, committed: Committed = Committed()
+) -> CallLimits:
+    """Limits for one call, or LimitExceeded (one line of advice) when it cannot start.
+
+    An ask sizes the call's limits and protection; it is not a reservation. In a session
+    with a memory budget the asks of its calls may add up to session.memory_overcommit
+    times the budget (bursts rarely coincide; the escalation policy handles it when they
+    do), but their protected amounts (memory.low) must fit the budget. No call's limits
+    exceed the budget. An undeclared call gets the default size class, shrunk to what
+    may still be promised.
     """
     prio = cfg.priorities.get(intent.priority)
     if prio is None:
         raise AgentcgError("invalid_value", f"unknown priority {intent.priority!r}")
-
-    ask = intent.memory
-    if ask is None and cfg.call.default_memory_class is not None:
-        ask = cfg.size_classes[cfg.call.default_memory_class]
-    high = ask
-    mmax = None if ask is None else _page_up(ask * cfg.call.memory_headroom)
-
-    if session_budget is not None:
-        remaining = max(0, session_budget - session_committed)
-        if (intent.memory is not None and intent.memory > remaining) or remaining < PAGE:
-            raise LimitExceeded(_budget_advice(intent, session_budget, remaining))
-        if high is not None:
-            high = min(high, remaining)
-        mmax = remaining if mmax is None else min(mmax, remaining)
+    sized = _sized(intent, cfg, session_budget, committed)
+    if isinstance(sized, str):
+        raise LimitExceeded(sized)
+    high, mmax = sized
 
     weight = prio.cpu_weight
     if intent.latency_sensitive:
@@ -126,49 +129,63 @@ def decide(
         cpu_max=cpu_max,
         pids_max=intent.pids,
         timeout_s=intent.timeout if intent.timeout is not None else cfg.call.default_timeout_s,
+        memory_min=0 if high is None else _page_down(high * prio.memory_min_fraction),
     )
 
 
-def _budget_advice(intent: Intent, budget: int, remaining: int) -> str:
-    held = budget - remaining
-    if intent.memory is not None:
-        what = f"{intent.label} asks for {format_size(intent.memory)}"
-    else:
-        what = f"{intent.label} cannot start"
-    fix = (
-        f"ask for --memory {size_arg(remaining // MiB * MiB)} or less, " if remaining >= MiB else ""
-    )
-    return (
-        f"{what} but the session has {format_size(remaining)} of its {format_size(budget)} "
-        f"memory budget left ({format_size(held)} held by running calls): "
-        f"wait for running calls to end, {fix}or open the session with a larger --memory."
-    )
+def admission_blocker(
+    intent: Intent, cfg: Config, session_budget: int | None, committed: Committed
+) -> str | None:
+    """Why the call cannot start in its session now (one line of advice), or None."""
+    sized = _sized(intent, cfg, session_budget, committed)
+    return sized if isinstance(sized, str) else None
+
+
+def _sized(
+    intent: Intent, cfg: Config, budget: int | None, committed: Committed
+) -> tuple[int | None, int | None] | str:
+    """(memory_high, memory_max) of the call, or why it cannot start."""
+    ask = intent.memory
+    if ask is None and cfg.call.default_memory_class is not None:
+        ask = cfg.size_classes[cfg.call.default_memory_class]
+    if budget is None:
+        return ask, None if ask is None else _page_up(ask * cfg.call.memory_headroom)
+    label = intent.label
+    promise = int(budget * cfg.session.memory_overcommit)
+    allowance = promise - committed.asks
+    if intent.memory is not None and intent.memory > budget:
+        return (
+            f"{label} asks for {format_size(intent.memory)} but the session's whole memory "
+            f"budget is {format_size(budget)}: ask for --memory {size_arg(budget // MiB * MiB)} "
+            "or less, or open the session with a larger --memory."
+        )
+    if (intent.memory is not None and intent.memory > allowance) or allowance < PAGE:
+        what = f"asks for {format_size(intent.memory)}" if intent.memory else "cannot start"
+        fix = ""
+        if allowance >= MiB:
+            fix = f"ask for --memory {size_arg(allowance // MiB * MiB)} or less, "
+        return (
+            f"{label} {what} but the session's running calls already ask for "
+            f"{format_size(committed.asks)} of the {format_size(promise)} it may promise "
+            f"({cfg.session.memory_overcommit:g}x its {format_size(budget)} budget): "
+            f"wait for running calls to end, {fix}or open the session with a larger --memory."
+        )
+    if ask is not None:
+        ask = min(ask, budget, allowance)
+    mmax = budget if ask is None else min(budget, _page_up(ask * cfg.call.memory_headroom))
+    prio = cfg.priorities[intent.priority]
+    low = 0 if ask is None else _page_down(ask * prio.memory_low_fraction)
+    if committed.protected + low > budget:
+        return (
+            f"{label} would protect {format_size(low)} of memory ({intent.priority} priority) "
+            f"but the session's running calls already protect {format_size(committed.protected)} "
+            f"of its {format_size(budget)} budget: wait for running calls to end, ask for "
+            "less memory or a lower priority, or open the session with a larger --memory."
+        )
+    return ask, mmax
 
 
 KILL_REASONS = ("oom", "timeout", "disconnect", "session_closed", "pressure", "admin")
-
-
-@dataclass(frozen=True)
-class RunningCall:
-    """What escalation needs to know of one call in a session under pressure."""
-
-    call: str
-    kill_order: int  # from the call's priority; lower goes first
-    memory_current: int
-    frozen: bool
-
-
-def pick_victim(calls: list[RunningCall]) -> str | None:
-    """The call to freeze when a session nears its memory budget, or None.
-
-    The lowest kill_order goes first, the largest of those breaking ties, since it is
-    the likeliest burster. A lone call is never frozen: that would only stall it, and
-    its own memory.max (or the session's) already bounds it.
-    """
-    live = [c for c in calls if not c.frozen]
-    if len(calls) < 2 or not live:
-        return None
-    return min(live, key=lambda c: (c.kill_order, -c.memory_current)).call
 
 
 @dataclass
@@ -276,10 +293,12 @@ def advise(outcome: Outcome, limits: CallLimits, intent: Intent) -> str | None:
             "keep that connection open until the tool finishes."
         )
     elif o.killed_reason == "pressure":
+        how = "was paused and then killed" if o.frozen else "was killed"
         parts.append(
-            f"{label} was paused and then killed to make room for higher-priority calls "
-            "when its session neared its memory budget: retry it when they have finished, "
-            "or open the session with a larger --memory."
+            f"{label} {how} when its session ran out of its memory budget (the kernel "
+            "takes the lowest-priority calls first, to keep higher-priority ones running): "
+            "retry it when the other calls have finished, or open the session with a "
+            "larger --memory."
         )
     elif o.killed_reason == "session_closed":
         parts.append(f"{label} was killed because its session was closed while it ran.")

@@ -49,7 +49,9 @@ MAX_ID_LEN = 64
 MAX_INT_ID = 2**63 - 1
 MAX_CLIENT_LEN = 128
 
-EVENTS = frozenset({"throttled", "frozen", "thawed", "killed", "oom", "ended"})
+EVENTS = frozenset(
+    {"limit_raised", "throttled", "released", "frozen", "thawed", "killed", "oom", "ended"}
+)
 ENVELOPE_KEYS = frozenset({"v", "id", "op", "args"})
 
 CALL_ID_RE = re.compile(r"c[0-9a-f]{12}", re.ASCII)

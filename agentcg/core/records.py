@@ -108,7 +108,9 @@ LIMITS: dict[str, Check] = {
     "cpu_max": _cpu_max,
     "pids_max": _opt(_int(1, MAX_PIDS)),
     "timeout_s": _opt(_num(0.0, 2**40)),
+    "memory_min": _int(0, MAX_SIZE),
 }
+LIMITS_OPTIONAL = frozenset({"memory_min"})
 
 
 def _fields(what: str, rec: Any, schema: dict[str, Check], optional: frozenset[str]) -> str | None:
@@ -142,7 +144,7 @@ def _call(name: str, rec: Any) -> str | None:
     return (
         _fields("call record", rec, schema, frozenset())
         or _fields("call intent", rec["intent"], INTENT, frozenset())
-        or _fields("call limits", rec["limits"], LIMITS, frozenset())
+        or _fields("call limits", rec["limits"], LIMITS, LIMITS_OPTIONAL)
     )
 
 

@@ -48,7 +48,7 @@ class Daemon:
         self.escalation = Escalation(self.reg)
         self.events = KernelEvents(self.reg, self.escalation)
         self.ending = Ending(self.reg, self.events)
-        self.sessions = Sessions(self.reg, self.events, self.escalation, self.ending)
+        self.sessions = Sessions(self.reg, self.events, self.ending)
         self.calls = Calls(self.reg, self.events, self.sessions, self.ending)
         self.stats = Stats(self.reg)
         self.handlers: dict[str, Handler] = {

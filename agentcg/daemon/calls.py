@@ -12,12 +12,14 @@ from agentcg.core import authz
 from agentcg.core.errors import AgentcgError
 from agentcg.core.intent import parse_intent
 from agentcg.core.model import Call
-from agentcg.core.policy import decide
+from agentcg.core.policy import Committed, decide
 from agentcg.daemon.ending import Ending
 from agentcg.daemon.events import KernelEvents
 from agentcg.daemon.registry import CallRuntime, Connection, Registry
 from agentcg.daemon.sessions import Sessions
 from agentcg.daemon.views import call_view
+from agentcg.kernel.cgroup import CgroupError
+from agentcg.kernel.oomadj import set_oom_score_adj
 from agentcg.kernel.peer import Peer, is_descendant
 
 log = logging.getLogger("agentcg.daemon")
@@ -52,7 +54,11 @@ class Calls:
                 f"session {sess.name!r} already runs {len(sess.calls)} "
                 "tool calls (its max_calls); wait for one to end",
             )
-        committed = sum(reg.calls[c].limits.memory_high or 0 for c in sess.calls if c in reg.calls)
+        held = [reg.calls[c].limits for c in sess.calls if c in reg.calls]
+        committed = Committed(
+            asks=sum(lim.memory_high or 0 for lim in held),
+            protected=sum(lim.memory_low for lim in held),
+        )
         limits = decide(intent, reg.cfg, sess.memory, committed)
         call = Call(
             id="c" + secrets.token_hex(6),
@@ -105,6 +111,12 @@ class Calls:
             )
         ccg = self.reg.call_cg(call)
         ccg.add_process(peer.pid)
+        try:
+            # Out of budget, the kernel's OOM killer takes low priorities first, and
+            # any call before its agent.
+            set_oom_score_adj(peer.pid, self.reg.cfg.priorities[call.intent.priority].oom_score_adj)
+        except CgroupError as e:
+            log.warning("call %s: %s", call.id, e.message)
         call.state = "running"
         return {"call": call.id, "cgroup": str(ccg.path)}
 

@@ -1,114 +1,217 @@
-"""Carries out the escalation decisions (agentcg.core.escalation) for a session nearing
-its memory budget: freeze the chosen call, then thaw or kill it, and say so."""
+"""Carries out the memory escalation decisions (agentcg.core.escalation) in each session.
+
+A session is decided again when something may have changed: a report of trouble (a
+call stuck over its memory.high, the session at its budget; from memdetect.py), a
+call beginning or ending, or, while any of its calls is held back (throttled or
+frozen), a tick every ``memory.recheck_s``. Reports that arrive together are decided
+together on the next loop turn. The decision reads a Snapshot from cgroupfs; each
+action is written to cgroupfs, published once as an event on its call (with the
+numbers and ``at_ns``, the time of the write) and logged with call, reason and numbers.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from agentcg.core import escalation
-from agentcg.core.escalation import FrozenCall, Step
-from agentcg.core.model import Call
-from agentcg.core.policy import RunningCall
+from agentcg.core.escalation import Act, Action, CallSnapshot, Reason, Snapshot
+from agentcg.core.model import Call, Session
 from agentcg.daemon.registry import Registry
 from agentcg.kernel.cgroup import CgroupError
 
 log = logging.getLogger("agentcg.daemon")
 
-PRESSURE_CHECK_S = 0.25  # while a call is frozen: how often to see if memory came back
+# The metrics' action for each act (core.metrics.ACTIONS); a raised limit is a "raise".
+_METRIC = {Act.FREEZE: "freeze", Act.THAW: "thaw", Act.KILL: "kill"}
+
+
+@dataclass
+class _Held:
+    """What the daemon wrote to one call's memory.high, and what it told the agent."""
+
+    high: int | None  # memory.high in force
+    own: int | None  # the call's own: its ask, or its memory.max once raised
+    throttled: bool = False  # "throttled" was pushed and not yet "released"
 
 
 class Escalation:
     def __init__(self, reg: Registry) -> None:
         self.reg = reg
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._held: dict[str, _Held] = {}
+        self._stuck: dict[str, float] = {}  # call id -> first report (monotonic s)
+        self._at_limit: dict[str, float] = {}  # session -> first report
+        self._due: set[str] = set()
+        self._ticks: dict[str, asyncio.TimerHandle] = {}
 
-    def on_session_memory_events(self, name: str) -> None:
-        detected = time.monotonic()
-        reg = self.reg
-        sess = reg.sessions.get(name)
-        if sess is None:
-            return
-        try:
-            high = reg.layout.session(name).memory_events().get("high", 0)
-        except (CgroupError, OSError):
-            return
-        if high <= sess.high_events:
-            return
-        reg.stats.action(name, "throttle", "session_memory_high", count=high - sess.high_events)
-        sess.high_events = high
-        snapshot = [
-            RunningCall(
-                c.id,
-                reg.cfg.priorities[c.intent.priority].kill_order,
-                reg.memory_current(c),
-                c.frozen_at is not None,
-            )
-            for c in reg.live_calls(sess)
-        ]
-        victim = escalation.freeze_victim(snapshot)
-        if victim is None:
-            return
-        call = reg.calls[victim]
-        try:
-            reg.call_cg(call).freeze()
-        except (CgroupError, OSError) as e:
-            log.warning("could not freeze call %s: %s", call.id, e)
-            return
-        call.frozen_at, call.was_frozen = time.monotonic(), True
-        reg.stats.observe_latency("freeze", detected)
-        log.info("session %s under memory pressure: froze call %s", name, call.id)
-        reg.push(call, "frozen", {"reason": "session_pressure", "session": name})
-        self._schedule(name)
+    # ------------------------------------------------------------ reports
+
+    def call_stuck(self, call_id: str, detected: float) -> None:
+        call = self.reg.calls.get(call_id)
+        if call is not None and call.live:
+            self._stuck.setdefault(call_id, detected)
+            self.poke(call.session)
+
+    def session_at_limit(self, name: str, detected: float) -> None:
+        if name in self.reg.sessions:
+            self._at_limit.setdefault(name, detected)
+            self.poke(name)
+
+    def poke(self, name: str) -> None:
+        """Decide session ``name`` again on the next loop turn."""
+        if name not in self._due:
+            self._due.add(name)
+            asyncio.get_running_loop().call_soon(self._decide, name)
+
+    def forget(self, call: Call) -> None:
+        """The call ended: drop what was kept for it; its session may have room now."""
+        self._held.pop(call.id, None)
+        self._stuck.pop(call.id, None)
+        if call.session in self.reg.sessions:
+            self.poke(call.session)
 
     def cancel(self, name: str) -> None:
-        timer = self._timers.pop(name, None)
-        if timer:
-            timer.cancel()
+        """The session is closing."""
+        tick = self._ticks.pop(name, None)
+        if tick:
+            tick.cancel()
+        self._at_limit.pop(name, None)
 
-    def _schedule(self, name: str) -> None:
-        self.cancel(name)
-        self._timers[name] = asyncio.get_running_loop().call_later(
-            PRESSURE_CHECK_S, self._check, name
-        )
+    # ------------------------------------------------------------ decide
 
-    def _check(self, name: str) -> None:
-        self._timers.pop(name, None)
-        reg = self.reg
-        sess = reg.sessions.get(name)
+    def _decide(self, name: str) -> None:
+        self._due.discard(name)
+        tick = self._ticks.pop(name, None)
+        if tick:
+            tick.cancel()
+        sess = self.reg.sessions.get(name)
         if sess is None:
             return
-        frozen = {c.id: c for c in reg.live_calls(sess) if c.frozen_at is not None}
-        if not frozen:
-            return
-        scg = reg.layout.session(name)
+        calls = self.reg.live_calls(sess)
         try:
-            current, high = scg.memory_current(), scg.read_int("memory.high")
-        except (CgroupError, OSError):
+            snap = self._snapshot(sess, calls)
+        except (CgroupError, OSError) as e:
+            log.debug("session %s: no snapshot (%s)", name, e)
             return
-        now = time.monotonic()
-        steps = escalation.after_freeze(
-            [FrozenCall(c.id, c.frozen_at or now) for c in frozen.values()],
-            current,
-            high,
-            now,
-            reg.cfg.session.freeze_grace_s,
-        )
-        for call_id, step in steps:
-            call = frozen[call_id]
-            if step is Step.THAW:
-                self._thaw(call, now)
-            elif step is Step.KILL:
-                log.info("session %s still under pressure: killing call %s", name, call.id)
-                call.frozen_at = None
-                reg.kill(call.id, "pressure")
-            else:
-                self._schedule(name)
+        detected = [self._at_limit.pop(name, None), *(self._stuck.pop(c.id, None) for c in calls)]
+        first = min((d for d in detected if d is not None), default=None)
+        by_id = {c.id: c for c in calls}
+        for action in escalation.decide(snap, self.reg.cfg.memory.tuning()):
+            self._act(sess, by_id[action.call], action, snap, first)
+        if any(c.frozen_at is not None or self._held[c.id].throttled for c in calls):
+            self._ticks[name] = asyncio.get_running_loop().call_later(
+                self.reg.cfg.memory.recheck_s, self.poke, name
+            )
 
-    def _thaw(self, call: Call, now: float) -> None:
-        with contextlib.suppress(CgroupError, OSError):
-            self.reg.call_cg(call).thaw()
-        self.reg.push(call, "thawed", {"frozen_s": round(now - (call.frozen_at or now), 3)})
-        call.frozen_at = None
+    def _snapshot(self, sess: Session, calls: list[Call]) -> Snapshot:
+        reg = self.reg
+        states = []
+        for c in calls:
+            held = self._held.get(c.id) or self._first_look(c)
+            states.append(
+                CallSnapshot(
+                    call=c.id,
+                    rank=reg.cfg.priorities[c.intent.priority].kill_order,
+                    usage=reg.call_cg(c).memory_current(),
+                    high=held.high,
+                    own_high=held.own,
+                    max=c.limits.memory_max,
+                    frozen=c.frozen_at is not None,
+                    stuck=c.id in self._stuck,
+                )
+            )
+        usage = reg.layout.session(sess.name).memory_current()
+        return Snapshot(sess.name, sess.memory, usage, sess.name in self._at_limit, tuple(states))
+
+    def _first_look(self, call: Call) -> _Held:
+        """What memory.high says when a call is first decided: its ask, or after a
+        restart whatever the previous daemon left (a tripwire, or a raised limit)."""
+        ask = call.limits.memory_high
+        now = self.reg.call_cg(call).read_int("memory.high")
+        if now == ask or ask is None:
+            held = _Held(now, ask)
+        elif now is None or now > ask:
+            held = _Held(now, now)  # raised to its memory.max
+        else:
+            held = _Held(now, ask, throttled=True)
+        self._held[call.id] = held
+        return held
+
+    # ------------------------------------------------------------ act
+
+    def _act(
+        self, sess: Session, call: Call, a: Action, snap: Snapshot, detected: float | None
+    ) -> None:
+        cg = self.reg.call_cg(call)
+        held = self._held[call.id]
+        usage = next(c.usage for c in snap.calls if c.call == call.id)
+        try:
+            if a.act is Act.SET_HIGH:
+                cg.set_memory_high(a.memory_high)
+            elif a.act is Act.FREEZE:
+                cg.freeze()
+            elif a.act is Act.THAW:
+                cg.thaw()
+        except (CgroupError, OSError) as e:
+            log.warning("call %s: could not %s (%s): %s", call.id, a.act.value, a.reason.value, e)
+            return
+        at_ns = time.monotonic_ns()
+        data: dict[str, Any] = {"reason": a.reason.value, "usage": usage, "at_ns": at_ns}
+        event = self._record(call, held, a, data)
+        if a.act is Act.KILL:
+            self.reg.kill(call.id, "oom")  # pushes "killed" itself
+        if event is not None:
+            self.reg.push(call, event, data)
+        if event is not None or a.act is Act.KILL:
+            log.info(
+                "session %s call %s (%s, %s): %s %s: %s",
+                sess.name,
+                call.id,
+                call.intent.label,
+                call.intent.priority,
+                a.act.value,
+                a.reason.value,
+                a.detail,
+            )
+            metric = _METRIC.get(a.act) or ("raise" if a.reason is Reason.OVER_ASK else "throttle")
+            if detected is not None:
+                self.reg.stats.observe_latency(metric, detected)
+        else:
+            log.debug("session %s call %s: %s: %s", sess.name, call.id, a.act.value, a.detail)
+
+    def _record(self, call: Call, held: _Held, a: Action, data: dict[str, Any]) -> str | None:
+        """Keep the new state; the event to push for it, if it is a change the agent
+        has not been told of (each state change is reported once)."""
+        if a.act is Act.FREEZE:
+            call.frozen_at, call.was_frozen = time.monotonic(), True
+            data["session"] = call.session
+            return "frozen"
+        if a.act is Act.THAW:
+            data["frozen_s"] = round(time.monotonic() - (call.frozen_at or time.monotonic()), 3)
+            call.frozen_at = None
+            return "thawed"
+        if a.act is Act.KILL:
+            return None
+        old, held.high = held.high, a.memory_high
+        data["memory_high"] = a.memory_high
+        if a.reason is Reason.OVER_ASK:
+            held.own = a.memory_high
+            data.update(previous=old, memory_max=call.limits.memory_max)
+            return "limit_raised"
+        if a.reason is Reason.ROOM_FOR_HIGHER and not held.throttled:
+            held.throttled = True
+            data["memory_high_events"] = self._high_events(call)
+            return "throttled"
+        if held.throttled and a.memory_high == held.own:
+            held.throttled = False
+            return "released"
+        return None
+
+    def _high_events(self, call: Call) -> int:
+        try:
+            return self.reg.call_cg(call).memory_events().get("high", 0)
+        except (CgroupError, OSError):
+            return 0

@@ -1,29 +1,33 @@
-"""Kernel events for calls and sessions: inotify on their cgroup event files, turned
-into state changes and pushed events (throttled, oom) or handed to escalation."""
+"""Kernel events for calls and sessions: inotify on their cgroup event files (OOM
+kills, a call's processes gone), turned into state changes and pushed events; and the
+memory trouble detector (memdetect.py) whose reports go to escalation."""
 
 from __future__ import annotations
 
-import time
+import asyncio
 
 from agentcg.core.model import Call, Session
 from agentcg.daemon.escalation import Escalation
+from agentcg.daemon.memdetect import MemDetect
+from agentcg.daemon.outcome import oom_reason
 from agentcg.daemon.registry import Registry
 from agentcg.kernel.cgroup import CgroupError
 from agentcg.kernel.watch import Watcher
-
-THROTTLE_EVENT_INTERVAL_S = 1.0  # at most one "throttled" push per call per second
 
 
 class KernelEvents:
     def __init__(self, reg: Registry, escalation: Escalation) -> None:
         self.reg = reg
         self.escalation = escalation
+        self.detect = MemDetect(reg, escalation)
         self.watcher: Watcher | None = None
 
     def start(self, watcher: Watcher) -> None:
         self.watcher = watcher
+        self.detect.start(asyncio.get_running_loop())
 
     def close(self) -> None:
+        self.detect.close()
         if self.watcher:
             self.watcher.close()
 
@@ -32,20 +36,23 @@ class KernelEvents:
         path, call_id = self.reg.call_cg(call).path, call.id
         self.watcher.add(path / "memory.events", lambda _p: self._on_memory_events(call_id))
         self.watcher.add(path / "cgroup.events", lambda _p: self._on_cgroup_events(call_id))
+        self.detect.watch_call(call)
+        self.escalation.poke(call.session)
 
     def unwatch(self, call: Call) -> None:
         if self.watcher:
             path = self.reg.call_cg(call).path
             self.watcher.remove(path / "memory.events")
             self.watcher.remove(path / "cgroup.events")
+        self.detect.unwatch_call(call)
+        self.escalation.forget(call)
 
     def watch_session(self, sess: Session) -> None:
-        if self.watcher and sess.memory is not None:
-            name = sess.name
-            self.watcher.add(
-                self.reg.layout.session(name).path / "memory.events",
-                lambda _p: self.escalation.on_session_memory_events(name),
-            )
+        self.detect.watch_session(sess)
+
+    def unwatch_session(self, name: str) -> None:
+        self.detect.unwatch_session(name)
+        self.escalation.cancel(name)
 
     def _on_memory_events(self, call_id: str) -> None:
         call = self.reg.calls.get(call_id)
@@ -55,25 +62,22 @@ class KernelEvents:
             ev = self.reg.call_cg(call).memory_events()
         except (CgroupError, OSError):
             return
-        now = time.monotonic()
+        call.high_events = max(call.high_events, ev.get("high", 0))
         if ev.get("oom_kill", 0) > call.oom_kills:
             call.oom_kills = ev["oom_kill"]
-            call.killed_reason = call.killed_reason or "oom"
+            # An OOM of its own (at its memory.max), or its session's: out of budget, the
+            # kernel took this call as the lowest priority (oom_score_adj).
+            reason = oom_reason(ev)
+            call.killed_reason = call.killed_reason or reason
             self.reg.push(
-                call, "oom", {"oom_kills": call.oom_kills, "memory_max": call.limits.memory_max}
+                call,
+                "oom",
+                {
+                    "oom_kills": call.oom_kills,
+                    "memory_max": call.limits.memory_max,
+                    "reason": reason,
+                },
             )
-        if ev.get("high", 0) > call.high_events:
-            call.high_events = ev["high"]
-            if now - call.last_throttle_push >= THROTTLE_EVENT_INTERVAL_S:
-                call.last_throttle_push = now
-                self.reg.push(
-                    call,
-                    "throttled",
-                    {
-                        "memory_high": call.limits.memory_high,
-                        "memory_high_events": call.high_events,
-                    },
-                )
 
     def _on_cgroup_events(self, call_id: str) -> None:
         call = self.reg.calls.get(call_id)

@@ -17,7 +17,6 @@ import os
 import time
 from pathlib import Path
 
-from agentcg.core.config import SessionConfig
 from agentcg.core.errors import AgentcgError
 from agentcg.core.model import Session
 from agentcg.core.policy import CallLimits, cpu_quota
@@ -92,17 +91,15 @@ class Layout:
         for cg in (self.root, self.sessions):
             _pass_protection(cg)
 
-    def create_session(self, sess: Session, caps: SessionConfig) -> Cgroup:
-        """The session's cgroup with its budget, agent/ and tools/; removed on failure."""
+    def create_session(self, sess: Session) -> Cgroup:
+        """The session's cgroup with its budget, agent/ and tools/; removed on failure.
+        No memory.high on the session: it would throttle every call in it alike, the
+        highest priority too; escalation holds back lower-priority calls instead."""
         scg = self.session(sess.name)
         try:
             scg.create()
             scg.enable_controllers(CONTROLLERS)
             scg.set_memory_max(sess.memory)
-            if sess.memory is not None and caps.pressure_fraction < 1.0:
-                # Throttle the session before its hard limit, and give the daemon the
-                # moment to choose a victim instead of the kernel OOM killer.
-                scg.set_memory_high(int(sess.memory * caps.pressure_fraction))
             scg.set_pids_max(sess.pids)
             if sess.cpu is not None:
                 scg.set_cpu_max(cpu_quota(sess.cpu))
@@ -126,6 +123,7 @@ class Layout:
             ccg.set_memory_high(limits.memory_high)
             ccg.set_memory_max(limits.memory_max)
             ccg.set_memory_low(limits.memory_low)
+            ccg.set_memory_min(limits.memory_min)
             ccg.set_cpu_weight(limits.cpu_weight)
             ccg.set_cpu_max(limits.cpu_max)
             ccg.set_pids_max(limits.pids_max)

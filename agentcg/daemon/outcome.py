@@ -11,6 +11,13 @@ from agentcg.core.policy import Outcome, advise, suggested_memory
 from agentcg.kernel.cgroup import Cgroup, CgroupError
 
 
+def oom_reason(memory_events: dict[str, int]) -> str:
+    """Why a call's processes were OOM-killed, from its memory.events: "oom" when the
+    OOM was its own (memory.max), "pressure" when its session ran out of budget and the
+    kernel took it first (its priority's oom_score_adj)."""
+    return "oom" if memory_events.get("oom", 0) else "pressure"
+
+
 def read_outcome(call: Call, cg: Cgroup, exit_status: int | None) -> Outcome:
     stats: dict[str, Any] = {"peak": 0, "cpu": {}, "mev": {}, "psi": 0}
     with contextlib.suppress(CgroupError, OSError):
@@ -20,7 +27,7 @@ def read_outcome(call: Call, cg: Cgroup, exit_status: int | None) -> Outcome:
         stats["psi"] = int(cg.pressure("memory").get("some", {}).get("total", 0))
     mev = stats["mev"]
     oom_kills = max(mev.get("oom_kill", 0), call.oom_kills)
-    killed = call.killed_reason or ("oom" if oom_kills else None)
+    killed = call.killed_reason or (oom_reason(mev) if oom_kills else None)
     outcome = Outcome(
         call=call.id,
         label=call.intent.label,

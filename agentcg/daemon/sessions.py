@@ -14,7 +14,6 @@ from agentcg.core.model import Session
 from agentcg.core.policy import format_size
 from agentcg.core.protocol import negotiate_version
 from agentcg.daemon.ending import Ending
-from agentcg.daemon.escalation import Escalation
 from agentcg.daemon.events import KernelEvents
 from agentcg.daemon.registry import Connection, Registry
 from agentcg.daemon.views import session_view
@@ -26,11 +25,10 @@ log = logging.getLogger("agentcg.daemon")
 
 class Sessions:
     def __init__(
-        self, reg: Registry, events: KernelEvents, escalation: Escalation, ending: Ending
+        self, reg: Registry, events: KernelEvents, ending: Ending
     ) -> None:
         self.reg = reg
         self.events = events
-        self.escalation = escalation
         self.ending = ending
 
     # ------------------------------------------------------------ ops
@@ -67,7 +65,7 @@ class Sessions:
         # Gone for everyone else before the first await: a second close or a
         # call.begin racing this one gets not_found instead of a half-removed session.
         del reg.sessions[sess.name]
-        self.escalation.cancel(sess.name)
+        self.events.unwatch_session(sess.name)
         killed = 0
         for call_id in list(sess.calls):
             call = reg.calls.get(call_id)
@@ -144,7 +142,7 @@ class Sessions:
             max_calls=min(args.get("max_calls", caps.max_calls), caps.max_calls),
             created=time.time(),
         )
-        reg.layout.create_session(sess, caps)
+        reg.layout.create_session(sess)
         reg.sessions[name] = sess
         self.events.watch_session(sess)
         reg.state.put("sessions", name, sess.record())

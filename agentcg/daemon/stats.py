@@ -33,15 +33,17 @@ class Stats:
         session = call.session if call else ""
         stats = self.reg.stats
         if name == "throttled":
-            stats.throttled(session, call_id, data["memory_high_events"])
+            stats.action(session, "throttle", data["reason"], call=call_id)
+        elif name == "limit_raised":
+            stats.action(session, "raise", data["reason"], call=call_id)
         elif name == "oom":
-            stats.oom_killed(session, call_id)
+            stats.oom_killed(session, call_id, data.get("reason", "oom"))
         elif name == "killed" and data["reason"] in ACTIONS["kill"]:
             stats.action(session, "kill", data["reason"], call=call_id)
         elif name == "frozen":
             stats.action(session, "freeze", data["reason"], call=call_id)
         elif name == "thawed":
-            stats.action(session, "thaw", "pressure_relieved", call=call_id)
+            stats.action(session, "thaw", data["reason"], call=call_id)
 
     async def stats(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
         reg, peer = self.reg, conn.peer

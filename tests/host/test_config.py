@@ -16,6 +16,7 @@ from agentcg.core.config import (
     load_config,
 )
 from agentcg.core.errors import AgentcgError, ConfigError
+from agentcg.core.escalation import MemoryConfig
 
 MiB, GiB = 1024**2, 1024**3
 REPO = Path(__file__).resolve().parents[2]
@@ -58,12 +59,14 @@ def test_defaults_match_the_contract():
     assert c.admin == AdminConfig(uids=(0,), gids=())
     assert dict(c.size_classes) == {"low": 256 * MiB, "medium": GiB, "high": 4 * GiB}
     assert dict(c.priorities) == {
-        "critical": Priority(1000, 1.0, 30),
-        "high": Priority(400, 0.5, 20),
-        "normal": Priority(100, 0.0, 10),
-        "low": Priority(25, 0.0, 0),
+        "critical": Priority(1000, 1.0, 30, memory_min_fraction=0.5, oom_score_adj=300),
+        "high": Priority(400, 0.5, 20, memory_min_fraction=0.25, oom_score_adj=500),
+        "normal": Priority(100, 0.0, 10, oom_score_adj=800),
+        "low": Priority(25, 0.0, 0, oom_score_adj=1000),
     }
     assert c.session == SessionConfig(None, None, 64, 4096)
+    assert c.session.memory_overcommit == 2.0
+    assert c.memory == MemoryConfig(True, 16 * MiB, 32 * MiB, 0.05, 20_000, 200_000)
     assert (c.session.max_memory_fraction, c.session.max_pids) == (0.5, 32768)
     assert dict(c.grants) == {}
     assert c.call == CallConfig(1.25, "medium", "normal", None, 86400)
@@ -95,6 +98,7 @@ def test_example_file_is_the_defaults(tmp_path):
         ("session", SessionConfig),
         ("call", CallConfig),
         ("admin", AdminConfig),
+        ("memory", MemoryConfig),
     ]:
         for f in dataclasses.fields(cls):
             assert re.search(rf"(?ms)^\[{section}\].*?^#{f.name} = ", text), f"{section}.{f.name}"
@@ -151,9 +155,59 @@ max_timeout_s = 3600
     assert c.admin == AdminConfig((0, 1000), (27,))
     assert c.size_classes == {"low": 128 * MiB, "medium": GiB, "high": 4 * GiB, "huge": 16 * GiB}
     assert c.priorities["batch"] == Priority(10, 0.0, -10)
-    assert c.priorities["critical"] == Priority(1000, 1.0, 30)
+    assert c.priorities["critical"] == Config.default().priorities["critical"]
     assert c.session == SessionConfig(8 * GiB, 32 * GiB, 16, 512)
     assert c.call == CallConfig(1.5, "low", "batch", 600.0, 3600.0)
+
+
+def test_memory_section_and_priority_extras(tmp_path):
+    c = load(
+        tmp_path,
+        """
+[memory]
+bpf = false
+step = "8M"
+thaw_room = "64M"
+recheck_s = 0.2
+psi_stall_us = 50000
+psi_window_us = 500000
+
+[session]
+memory_overcommit = 1.5
+
+[priorities.batch]
+cpu_weight = 10
+memory_low_fraction = 0.5
+memory_min_fraction = 0.1
+kill_order = -10
+oom_score_adj = 900
+""",
+    )
+    assert c.memory == MemoryConfig(False, 8 * MiB, 64 * MiB, 0.2, 50_000, 500_000)
+    assert c.session.memory_overcommit == 1.5
+    assert c.priorities["batch"] == Priority(10, 0.5, -10, 0.1, 900)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[session]\nmemory_overcommit = 0.5", "session.memory_overcommit must be"),
+        ("[memory]\nbpf = 1", "memory.bpf must be true or false"),
+        ("[memory]\npsi_window_us = 100", "memory.psi_window_us must be"),
+        (
+            "[priorities.x]\ncpu_weight = 1\nmemory_low_fraction = 0.1\nkill_order = 0\n"
+            "memory_min_fraction = 0.2",
+            "priorities.x.memory_min_fraction (0.2) is above its memory_low_fraction",
+        ),
+        (
+            "[priorities.x]\ncpu_weight = 1\nmemory_low_fraction = 0\nkill_order = 0\n"
+            "oom_score_adj = -1000",
+            "priorities.x.oom_score_adj must be",
+        ),
+    ],
+)
+def test_memory_errors(tmp_path, text, words):
+    assert words in error(tmp_path, text)
 
 
 def test_grants(tmp_path):

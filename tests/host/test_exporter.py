@@ -35,7 +35,7 @@ def sample_snapshot() -> dict[str, Any]:
     s.call_ended(
         "task-1", outcome("c2", "c0ffee-not-a-kind", None, 64 * MiB, 32 * MiB, killed_reason="oom")
     )
-    s.action("task-1", "freeze", "session_pressure", call="c0123456789ab")
+    s.action("task-1", "freeze", "room_for_higher", call="c0123456789ab")
     s.observe_latency("freeze", 49.99)
     s.action("task-1", "kill", "pressure", call="c0123456789ab")
     s.request("call.begin", None)
@@ -119,7 +119,7 @@ def test_exposition_values_and_units():
     assert value(text, "agentcg_clients_connected") == 3
     assert value(text, "agentcg_requests_total", op="call.end") == 1
     assert value(text, "agentcg_request_errors_total", op="call.end", code="not_found") == 1
-    assert value(text, "agentcg_actions_total", action="thaw", reason="pressure_relieved") == 0
+    assert value(text, "agentcg_actions_total", action="thaw", reason="room_back") == 0
     assert value(text, "agentcg_bpf_program_attached", program="memwatch", kind="tracepoint") == 1
     assert value(text, "agentcg_bpf_program_events_total", program="memwatch", event="reclaim") == 5
     assert value(text, "agentcg_sched_ext_enabled") == 0

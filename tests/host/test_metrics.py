@@ -103,9 +103,9 @@ def test_actions_need_a_known_reason():
         s.action("a", "kill", "because")
     with pytest.raises(ValueError):
         s.observe_latency("dance", mono.now)
-    s.action("a", "freeze", "session_pressure", call="c1")
+    s.action("a", "freeze", "room_for_higher", call="c1")
     s.observe_latency("freeze", mono.now - 0.004)
-    assert s.actions[("freeze", "session_pressure")] == 1
+    assert s.actions[("freeze", "room_for_higher")] == 1
     assert s.actions[("kill", "oom")] == 0  # every known pair exists from the start
     assert sum(s.latency["freeze"].counts) == 1
     assert s.latency["freeze"].sum == pytest.approx(0.004)

@@ -7,12 +7,12 @@ from agentcg.core.errors import AgentcgError, LimitExceeded
 from agentcg.core.intent import Intent, parse_intent, parse_size
 from agentcg.core.policy import (
     CallLimits,
+    Committed,
     Outcome,
-    RunningCall,
+    admission_blocker,
     advise,
     decide,
     format_size,
-    pick_victim,
     retry_size,
     size_arg,
     suggested_memory,
@@ -107,7 +107,7 @@ def test_retry_size():
 
 
 def test_decide_declared_class():
-    lim = decide(intent(memory="medium"), CFG, None, 0)
+    lim = decide(intent(memory="medium"), CFG, None)
     assert lim == CallLimits(
         memory_high=GiB,
         memory_max=int(1.25 * GiB),
@@ -120,23 +120,23 @@ def test_decide_declared_class():
 
 
 def test_decide_undeclared_uses_default_class():
-    assert decide(intent(), CFG, None, 0).memory_high == GiB
+    assert decide(intent(), CFG, None).memory_high == GiB
 
 
 def test_decide_without_default_class_sets_no_memory_limits():
     cfg = dataclasses.replace(CFG, call=dataclasses.replace(CFG.call, default_memory_class=None))
-    lim = decide(parse_intent({}, cfg), cfg, None, 0)
+    lim = decide(parse_intent({}, cfg), cfg, None)
     assert (lim.memory_high, lim.memory_max, lim.memory_low) == (None, None, 0)
     # ...but a session budget still caps memory.max
-    lim = decide(parse_intent({}, cfg), cfg, 2 * GiB, GiB)
-    assert (lim.memory_high, lim.memory_max) == (None, GiB)
+    lim = decide(parse_intent({}, cfg), cfg, 2 * GiB, Committed(asks=GiB))
+    assert (lim.memory_high, lim.memory_max) == (None, 2 * GiB)
 
 
 def test_memory_max_is_page_aligned_and_headroom_scaled():
-    lim = decide(intent(memory=1000), CFG, None, 0)
+    lim = decide(intent(memory=1000), CFG, None)
     assert lim.memory_high == 1000
     assert lim.memory_max == 4096
-    lim = decide(intent(memory="3G"), CFG, None, 0)
+    lim = decide(intent(memory="3G"), CFG, None)
     assert lim.memory_max == int(3.75 * GiB)
 
 
@@ -145,13 +145,13 @@ def test_memory_max_is_page_aligned_and_headroom_scaled():
     [("critical", 1000, 2 * GiB), ("high", 400, GiB), ("normal", 100, 0), ("low", 25, 0)],
 )
 def test_priorities(prio, weight, low):
-    lim = decide(intent(memory="2G", priority=prio), CFG, None, 0)
+    lim = decide(intent(memory="2G", priority=prio), CFG, None)
     assert (lim.cpu_weight, lim.memory_low) == (weight, low)
     assert lim.memory_low % 4096 == 0
 
 
 def test_latency_sensitive_doubles_weight_capped():
-    assert decide(intent(latency_sensitive=True), CFG, None, 0).cpu_weight == 200
+    assert decide(intent(latency_sensitive=True), CFG, None).cpu_weight == 200
     cfg = dataclasses.replace(
         CFG,
         priorities={
@@ -159,65 +159,96 @@ def test_latency_sensitive_doubles_weight_capped():
             "normal": dataclasses.replace(CFG.priorities["normal"], cpu_weight=9000),
         },
     )
-    assert decide(parse_intent({"latency_sensitive": True}, cfg), cfg, None, 0).cpu_weight == 10000
+    assert decide(parse_intent({"latency_sensitive": True}, cfg), cfg, None).cpu_weight == 10000
 
 
 @pytest.mark.parametrize(
     ("cpu", "quota"), [(1, 100_000), (0.5, 50_000), (2.5, 250_000), (0.001, 1000), (0.0001, 1000)]
 )
 def test_cpu_max(cpu, quota):
-    assert decide(intent(cpu=cpu), CFG, None, 0).cpu_max == (quota, 100_000)
+    assert decide(intent(cpu=cpu), CFG, None).cpu_max == (quota, 100_000)
 
 
 def test_pids_and_timeout():
-    lim = decide(intent(pids=64, timeout=30), CFG, None, 0)
+    lim = decide(intent(pids=64, timeout=30), CFG, None)
     assert (lim.pids_max, lim.timeout_s) == (64, 30.0)
     cfg = dataclasses.replace(CFG, call=dataclasses.replace(CFG.call, default_timeout_s=600.0))
-    assert decide(parse_intent({}, cfg), cfg, None, 0).timeout_s == 600.0
-    assert decide(parse_intent({"timeout": 5}, cfg), cfg, None, 0).timeout_s == 5.0
+    assert decide(parse_intent({}, cfg), cfg, None).timeout_s == 600.0
+    assert decide(parse_intent({"timeout": 5}, cfg), cfg, None).timeout_s == 5.0
 
 
-def test_budget_caps_memory_max():
-    lim = decide(intent(memory="2G"), CFG, 4 * GiB, int(1.5 * GiB))
-    assert lim.memory_high == 2 * GiB
-    assert lim.memory_max == int(2.5 * GiB)  # remaining, below 2G * 1.25
-    lim = decide(intent(memory="2G"), CFG, 8 * GiB, 0)
-    assert lim.memory_max == int(2.5 * GiB)  # headroom, below remaining
+def test_budget_caps_memory_max_not_the_remaining_budget():
+    lim = decide(intent(memory="2G"), CFG, 4 * GiB, Committed(asks=int(3.5 * GiB)))
+    assert (lim.memory_high, lim.memory_max) == (2 * GiB, int(2.5 * GiB))
+    lim = decide(intent(memory="2G"), CFG, 2 * GiB)
+    assert (lim.memory_high, lim.memory_max) == (2 * GiB, 2 * GiB)
 
 
-def test_undeclared_call_shrinks_to_the_remaining_budget():
-    lim = decide(intent(), CFG, GiB, 768 * MiB)
-    assert (lim.memory_high, lim.memory_max) == (256 * MiB, 256 * MiB)
+def test_asks_may_overcommit_the_budget_up_to_the_factor():
+    # The case: three 512M asks on a 1300M budget all start.
+    held = Committed()
+    for _ in range(3):
+        lim = decide(intent(memory="512M"), CFG, 1300 * MiB, held)
+        held = Committed(held.asks + (lim.memory_high or 0), held.protected + lim.memory_low)
+    assert held.asks == 1536 * MiB
 
 
-def test_ask_over_budget_is_limit_exceeded_with_advice():
+def test_an_ask_past_the_overcommit_is_limit_exceeded_with_advice():
     with pytest.raises(LimitExceeded) as ei:
-        decide(intent(memory="2G", label="pytest"), CFG, 4 * GiB, 3 * GiB)
+        decide(intent(memory="2G", label="pytest"), CFG, 4 * GiB, Committed(asks=7 * GiB))
     e = ei.value
     assert e.code == "limit_exceeded"
     assert e.message == (
-        "pytest asks for 2.0 GiB but the session has 1.0 GiB of its 4.0 GiB memory budget "
-        "left (3.0 GiB held by running calls): wait for running calls to end, ask for "
-        "--memory 1G or less, or open the session with a larger --memory."
+        "pytest asks for 2.0 GiB but the session's running calls already ask for 7.0 GiB "
+        "of the 8.0 GiB it may promise (2x its 4.0 GiB budget): wait for running calls to "
+        "end, ask for --memory 1G or less, or open the session with a larger --memory."
     )
 
 
-def test_exhausted_budget():
-    for committed in (4 * GiB, 5 * GiB, 4 * GiB - 100):
+def test_an_ask_over_the_whole_budget_can_never_start():
+    text = admission_blocker(intent(memory="5G", label="make"), CFG, 4 * GiB, Committed())
+    assert text == (
+        "make asks for 5.0 GiB but the session's whole memory budget is 4.0 GiB: "
+        "ask for --memory 4G or less, or open the session with a larger --memory."
+    )
+
+
+def test_undeclared_call_shrinks_to_what_may_still_be_promised():
+    lim = decide(intent(), CFG, GiB, Committed(asks=int(1.75 * GiB)))
+    assert (lim.memory_high, lim.memory_max) == (256 * MiB, 320 * MiB)
+
+
+def test_exhausted_promise():
+    for asks in (8 * GiB, 9 * GiB, 8 * GiB - 100):
         with pytest.raises(AgentcgError) as ei:
-            decide(intent(), CFG, 4 * GiB, committed)
+            decide(intent(), CFG, 4 * GiB, Committed(asks=asks))
         assert ei.value.code == "limit_exceeded"
         assert "--memory" in ei.value.message and "or less" not in ei.value.message
 
 
 def test_exact_fit_is_allowed():
-    assert decide(intent(memory="1G"), CFG, 2 * GiB, GiB).memory_max == GiB
+    lim = decide(intent(memory="1G"), CFG, 2 * GiB, Committed(asks=3 * GiB))
+    assert lim.memory_max == int(1.25 * GiB)
+
+
+def test_protected_amounts_must_fit_the_budget():
+    # critical protects all of its ask: two 600M asks cannot both be protected in 1G.
+    first = decide(intent(memory="600M", priority="critical"), CFG, GiB)
+    assert first.memory_low == 600 * MiB and first.memory_min == 300 * MiB
+    held = Committed(asks=600 * MiB, protected=first.memory_low)
+    text = admission_blocker(intent(memory="600M", priority="critical"), CFG, GiB, held)
+    assert text is not None and text.startswith(
+        "tool would protect 600 MiB of memory (critical priority) but the session's running "
+        "calls already protect 600 MiB of its 1.0 GiB budget"
+    )
+    # normal priority protects nothing, so it still starts
+    assert admission_blocker(intent(memory="600M"), CFG, GiB, held) is None
 
 
 def test_unknown_priority_from_another_config():
     stray = dataclasses.replace(intent(), priority="batch")
     with pytest.raises(AgentcgError):
-        decide(stray, CFG, None, 0)
+        decide(stray, CFG, None)
 
 
 # --- advise ---------------------------------------------------------------------------
@@ -225,7 +256,7 @@ def test_unknown_priority_from_another_config():
 
 def run(label="tool", memory="1G", **kw):
     i = intent(label=label, memory=memory, **{k: kw.pop(k) for k in ("cpu", "timeout") if k in kw})
-    lim = decide(i, CFG, None, 0)
+    lim = decide(i, CFG, None)
     return advise(outcome(label=label, memory_requested=lim.memory_high, **kw), lim, i)
 
 
@@ -286,7 +317,7 @@ def test_partial_oom_kill_without_call_kill():
 
 def test_oom_under_budget_cap_mentions_the_session():
     i = intent(memory="2G", label="pytest")
-    lim = decide(i, CFG, 4 * GiB, 2 * GiB)
+    lim = decide(i, CFG, 2 * GiB)
     text = advise(
         outcome(
             label="pytest",
@@ -368,7 +399,7 @@ def test_over_ask():
 
 def test_undeclared_call_is_not_told_it_over_asked():
     i = intent(label="git")
-    lim = decide(i, CFG, None, 0)
+    lim = decide(i, CFG, None)
     assert (
         advise(outcome(label="git", peak_memory=MiB, memory_requested=lim.memory_high), lim, i)
         is None
@@ -407,25 +438,8 @@ def test_suggested_memory_after_oom_is_above_the_old_ask():
     assert suggested_memory(outcome(), limits) is None
 
 
-def test_pick_victim_lowest_priority_then_largest():
-    calls = [
-        RunningCall("chigh", kill_order=20, memory_current=900 * MiB, frozen=False),
-        RunningCall("clow1", kill_order=0, memory_current=100 * MiB, frozen=False),
-        RunningCall("clow2", kill_order=0, memory_current=300 * MiB, frozen=False),
-    ]
-    assert pick_victim(calls) == "clow2"
-    # Already frozen calls are not picked again; the next in line is.
-    calls[2] = RunningCall("clow2", 0, 300 * MiB, frozen=True)
-    assert pick_victim(calls) == "clow1"
-
-
-def test_pick_victim_never_freezes_a_lone_call():
-    assert pick_victim([RunningCall("c1", 0, GiB, frozen=False)]) is None
-    assert pick_victim([]) is None
-    assert pick_victim([RunningCall("a", 0, 1, True), RunningCall("b", 0, 1, True)]) is None
-
-
 def test_pressure_kill_advice():
     o = outcome(killed_reason="pressure", peak_memory=300 * MiB, frozen=True)
     text = advise(o, CallLimits(GiB, GiB, 0, 100, None, None, None), intent(label="pytest"))
-    assert text is not None and "higher-priority" in text and "--memory" in text
+    assert text is not None and text.startswith("tool was paused and then killed when")
+    assert "lowest-priority" in text and "--memory" in text

@@ -365,7 +365,16 @@ def test_event():
         "call": "c0123456789ab",
         "data": {"peak": 5},
     }
-    assert {"throttled", "frozen", "thawed", "killed", "oom", "ended"} == EVENTS
+    assert {
+        "limit_raised",
+        "throttled",
+        "released",
+        "frozen",
+        "thawed",
+        "killed",
+        "oom",
+        "ended",
+    } == EVENTS
     with pytest.raises(ValueError):
         event("exploded", "c0123456789ab", {})
 

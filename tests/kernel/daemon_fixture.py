@@ -15,9 +15,15 @@ import pytest
 
 from agentcg.kernel.cgroup import Cgroup, find_cgroup2_mount
 
+# Compiling the memory probe takes minutes under emulation: daemons of the kernel tier
+# watch memory through the fallback unless a test asks for "[memory]\nbpf = true".
+NO_BPF = "[memory]\nbpf = false"
+
 
 class RunningDaemon:
     def __init__(self, tmp: Path, extra_config: str = "") -> None:
+        if "[memory]" not in extra_config:
+            extra_config = f"{extra_config}\n{NO_BPF}\n"
         mount = find_cgroup2_mount()
         assert mount is not None
         tag = secrets.token_hex(4)
@@ -63,6 +69,9 @@ class RunningDaemon:
         if not self.log.exists():
             return 0
         return self.log.read_text(errors="replace").count(f"listening on {self.socket}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
     def kill9(self) -> None:
         assert self.proc is not None

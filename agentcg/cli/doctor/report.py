@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from agentcg.cli.doctor import bpf, cgroups, docker, sched_ext
+from agentcg.cli.doctor import bpf, cgroups, docker, memory, sched_ext
 from agentcg.cli.doctor.base import Check, Findings, Host
 
 DESCRIPTION = "what this host offers agentcg, how each fact was found, what it gates"
@@ -18,6 +18,7 @@ DESCRIPTION = "what this host offers agentcg, how each fact was found, what it g
 DOMAINS: Sequence[Callable[[Host], Findings]] = (
     cgroups.collect,
     bpf.collect,
+    memory.collect,
     sched_ext.collect,
     docker.collect,
 )
@@ -34,6 +35,7 @@ FEATURES = (
     "bpf_oom_ops",
     "memcg_kfuncs",
     "bcc",
+    "memwatch",
     "bpf_toolchain",
     "docker",
 )
@@ -48,6 +50,7 @@ FEATURE_HELP = {
     "bpf_oom_ops": "BPF OOM policy (bpf_oom_ops struct_ops)",
     "memcg_kfuncs": "reading memcg usage from BPF programs",
     "bcc": "exec tracing per call (bcc)",
+    "memwatch": "in-kernel memory trouble detection (else POLLPRI + PSI, slower)",
     "bpf_toolchain": "building the BPF schedulers (clang, bpftool, libbpf >= 1.4)",
     "docker": "Docker integration",
 }

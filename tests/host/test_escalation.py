@@ -1,0 +1,229 @@
+"""The memory escalation decision (agentcg.core.escalation): snapshots in, actions out."""
+
+from __future__ import annotations
+
+from agentcg.core.escalation import (
+    Act,
+    Action,
+    CallSnapshot,
+    MemoryConfig,
+    Reason,
+    Snapshot,
+    Tuning,
+    decide,
+)
+
+MiB = 1024**2
+T = Tuning(step=16 * MiB, thaw_room=32 * MiB)
+HIGH, LOW = 20, 0
+
+
+def call(
+    name: str,
+    rank: int,
+    usage: int,
+    high: int | None,
+    max: int | None = None,
+    *,
+    own: int | None = -1,
+    frozen: bool = False,
+    stuck: bool = False,
+) -> CallSnapshot:
+    own_high = high if own == -1 else own
+    mmax = max if max is not None else (None if own_high is None else own_high * 5 // 4)
+    return CallSnapshot(name, rank, usage, high, own_high, mmax, frozen, stuck)
+
+
+def snap(
+    *calls: CallSnapshot,
+    budget: int | None = 1000 * MiB,
+    usage: int | None = None,
+    at_limit: bool = False,
+) -> Snapshot:
+    used = sum(c.usage for c in calls) if usage is None else usage
+    return Snapshot("s", budget, used, at_limit, calls)
+
+
+def acts(actions: list[Action]) -> list[tuple[Act, str, Reason, int | None]]:
+    return [(a.act, a.call, a.reason, a.memory_high) for a in actions]
+
+
+# --- rule 1: stuck over its own ask -----------------------------------------------------
+
+
+def test_a_call_stuck_over_its_ask_gets_its_memory_max_at_once():
+    c = call("c1", HIGH, 65 * MiB, 64 * MiB, 80 * MiB, stuck=True)
+    out = decide(snap(c, budget=None), T)
+    assert acts(out) == [(Act.SET_HIGH, "c1", Reason.OVER_ASK, 80 * MiB)]
+    assert "64.0 MiB" in out[0].detail and "80.0 MiB" in out[0].detail
+
+
+def test_without_a_memory_max_the_raise_goes_to_max():
+    c = CallSnapshot("c1", HIGH, 65 * MiB, 64 * MiB, 64 * MiB, None, False, True)
+    assert acts(decide(snap(c, budget=None), T)) == [(Act.SET_HIGH, "c1", Reason.OVER_ASK, None)]
+
+
+def test_a_call_stuck_at_its_ceiling_is_killed():
+    c = call("c1", HIGH, 80 * MiB, 80 * MiB, 80 * MiB, stuck=True)
+    assert acts(decide(snap(c), T)) == [(Act.KILL, "c1", Reason.AT_CEILING, None)]
+
+
+def test_not_stuck_means_nothing_to_do():
+    c = call("c1", HIGH, 65 * MiB, 64 * MiB, 80 * MiB)
+    assert decide(snap(c, budget=None), T) == []
+    assert decide(snap(c), T) == []
+
+
+# --- rule 2: priorities between ranks -------------------------------------------------
+
+
+def test_equal_ranks_are_left_alone():
+    a = call("a", LOW, 400 * MiB, 1000 * MiB)
+    b = call("b", LOW, 500 * MiB, 1000 * MiB)
+    assert decide(snap(a, b), T) == []
+
+
+def test_a_lower_call_gets_a_tripwire_at_its_share_of_the_room():
+    # budget 1000, used 100 + 300 = 400; HIGH may still claim 512 - 100 = 412:
+    # room for LOW = 1000 - 400 - 412 = 188 MiB, so memory.high = 300 + 188.
+    high = call("h", HIGH, 100 * MiB, 512 * MiB)
+    low = call("l", LOW, 300 * MiB, 1000 * MiB)
+    out = decide(snap(high, low), T)
+    assert acts(out) == [(Act.SET_HIGH, "l", Reason.ROOM_FOR_HIGHER, 488 * MiB)]
+    assert "412 MiB kept" in out[0].detail
+
+
+def test_the_room_is_shared_among_the_lower_calls():
+    high = call("h", HIGH, 100 * MiB, 500 * MiB)
+    a = call("a", LOW, 100 * MiB, 1000 * MiB)
+    b = call("b", LOW, 100 * MiB, 1000 * MiB)
+    # room = 1000 - 300 - 400 = 300, 150 each
+    assert acts(decide(snap(high, a, b), T)) == [
+        (Act.SET_HIGH, "a", Reason.ROOM_FOR_HIGHER, 250 * MiB),
+        (Act.SET_HIGH, "b", Reason.ROOM_FOR_HIGHER, 250 * MiB),
+    ]
+
+
+def test_a_tripwire_already_low_enough_is_not_rewritten():
+    high = call("h", HIGH, 100 * MiB, 512 * MiB)
+    low = call("l", LOW, 300 * MiB, 400 * MiB, own=1000 * MiB)
+    assert decide(snap(high, low), T) == []
+
+
+def test_a_lower_call_whose_whole_ask_fits_keeps_or_gets_back_its_own_limits():
+    high = call("h", HIGH, 100 * MiB, 200 * MiB)
+    low = call("l", LOW, 100 * MiB, 300 * MiB)
+    assert decide(snap(high, low), T) == []
+    throttled = call("l", LOW, 100 * MiB, 150 * MiB, own=300 * MiB)
+    assert acts(decide(snap(high, throttled), T)) == [
+        (Act.SET_HIGH, "l", Reason.ROOM_BACK, 300 * MiB)
+    ]
+
+
+def test_a_lower_call_stuck_at_its_tripwire_with_room_gets_more():
+    high = call("h", HIGH, 100 * MiB, 300 * MiB)
+    low = call("l", LOW, 200 * MiB, 200 * MiB, own=1000 * MiB, stuck=True)
+    # room = 1000 - 300 - 200 = 500
+    assert acts(decide(snap(high, low), T)) == [(Act.SET_HIGH, "l", Reason.ROOM_BACK, 700 * MiB)]
+
+
+def test_a_lower_call_stuck_without_room_is_frozen():
+    high = call("h", HIGH, 100 * MiB, 512 * MiB)
+    low = call("l", LOW, 480 * MiB, 480 * MiB, own=1000 * MiB, stuck=True)
+    out = decide(snap(high, low), T)  # room = 1000 - 580 - 412 = 8 MiB < step
+    assert acts(out) == [(Act.FREEZE, "l", Reason.ROOM_FOR_HIGHER, None)]
+    assert "8.0 MiB of room" in out[0].detail
+
+
+def test_a_frozen_call_is_thawed_with_a_tripwire_when_room_is_back():
+    high = call("h", HIGH, 100 * MiB, 150 * MiB)  # HIGH shrank; claims 50
+    low = call("l", LOW, 480 * MiB, 480 * MiB, own=1000 * MiB, frozen=True)
+    # room = 1000 - 580 - 50 = 370, all of it for the one frozen call
+    out = decide(snap(high, low), T)
+    assert acts(out) == [
+        (Act.SET_HIGH, "l", Reason.ROOM_BACK, 850 * MiB),
+        (Act.THAW, "l", Reason.ROOM_BACK, None),
+    ]
+
+
+def test_a_frozen_call_stays_frozen_while_the_room_is_short():
+    high = call("h", HIGH, 400 * MiB, 512 * MiB)
+    low = call("l", LOW, 480 * MiB, 480 * MiB, own=1000 * MiB, frozen=True)
+    assert decide(snap(high, low), T) == []
+
+
+def test_once_nothing_ranks_above_a_call_it_is_thawed_and_restored():
+    low = call("l", LOW, 480 * MiB, 480 * MiB, own=1000 * MiB, frozen=True)
+    assert acts(decide(snap(low), T)) == [
+        (Act.SET_HIGH, "l", Reason.RESTORED, 1000 * MiB),
+        (Act.THAW, "l", Reason.RESTORED, None),
+    ]
+
+
+def test_top_rank_calls_are_never_throttled_or_frozen():
+    high = call("h", HIGH, 900 * MiB, 950 * MiB)
+    low = call("l", LOW, 90 * MiB, 100 * MiB, own=1000 * MiB, stuck=True)
+    for a in decide(snap(high, low, at_limit=True), T):
+        assert a.call == "l"
+
+
+def test_without_a_budget_nobody_is_held_back():
+    high = call("h", HIGH, 900 * MiB, 950 * MiB)
+    low = call("l", LOW, 90 * MiB, 100 * MiB, own=1000 * MiB, frozen=True)
+    assert acts(decide(snap(high, low, budget=None), T)) == [
+        (Act.SET_HIGH, "l", Reason.RESTORED, 1000 * MiB),
+        (Act.THAW, "l", Reason.RESTORED, None),
+    ]
+
+
+def test_frozen_higher_calls_claim_nothing():
+    top = call("t", 30, 10 * MiB, 100 * MiB)
+    mid = call("m", HIGH, 100 * MiB, 900 * MiB, frozen=True)
+    low = call("l", LOW, 100 * MiB, 100 * MiB, own=1000 * MiB, stuck=True)
+    # reserve = top's 90 only; room = 1000 - 210 - 90 = 700, shared by one mover
+    out = acts(decide(snap(top, mid, low), T))
+    assert (Act.SET_HIGH, "l", Reason.ROOM_BACK, 800 * MiB) in out
+
+
+def test_unlimited_calls_without_an_ask_are_held_at_their_share_and_released_alone():
+    high = call("h", HIGH, 100 * MiB, 500 * MiB)
+    free = CallSnapshot("l", LOW, 100 * MiB, None, None, None, False, False)
+    assert acts(decide(snap(high, free), T)) == [
+        (Act.SET_HIGH, "l", Reason.ROOM_FOR_HIGHER, 500 * MiB)
+    ]
+    held = CallSnapshot("l", LOW, 100 * MiB, 500 * MiB, None, None, False, False)
+    assert acts(decide(snap(held), T)) == [(Act.SET_HIGH, "l", Reason.RESTORED, None)]
+
+
+# --- rule 3: at the budget --------------------------------------------------------------
+
+
+def test_at_the_budget_every_running_lower_call_is_frozen_and_nobody_killed():
+    high = call("h", HIGH, 500 * MiB, 512 * MiB)
+    a = call("a", LOW, 300 * MiB, 1000 * MiB)
+    b = call("b", 10, 190 * MiB, 1000 * MiB)
+    out = decide(snap(high, a, b, at_limit=True), T)
+    assert acts(out) == [
+        (Act.FREEZE, "a", Reason.SESSION_AT_LIMIT, None),
+        (Act.FREEZE, "b", Reason.SESSION_AT_LIMIT, None),
+    ]
+    assert all(x.act is not Act.KILL for x in out)
+
+
+def test_at_the_budget_a_frozen_call_is_not_thawed():
+    high = call("h", HIGH, 100 * MiB, 150 * MiB)
+    low = call("l", LOW, 480 * MiB, 480 * MiB, own=1000 * MiB, frozen=True)
+    assert decide(snap(high, low, at_limit=True), T) == []
+
+
+def test_the_decision_is_a_function_of_the_snapshot():
+    s = snap(
+        call("h", HIGH, 100 * MiB, 512 * MiB),
+        call("l", LOW, 480 * MiB, 480 * MiB, own=1000 * MiB, stuck=True),
+    )
+    assert decide(s, T) == decide(s, T)
+
+
+def test_config_tuning():
+    cfg = MemoryConfig(step=8 * MiB, thaw_room=24 * MiB)
+    assert cfg.tuning() == Tuning(step=8 * MiB, thaw_room=24 * MiB)

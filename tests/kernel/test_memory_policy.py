@@ -1,0 +1,179 @@
+"""Memory control on the real kernel with a real daemon: a call over its ask ends at
+once instead of sleeping in the throttle; priorities hold lower calls back (throttle,
+freeze, thaw) so a higher one keeps running; the kernel's OOM killer takes the lower
+call only when the session runs out; the agent is never touched; asks over-commit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentcg.client import Client, ToolCall
+from agentcg.core.errors import AgentcgError
+from agentcg.kernel.cgroup import Cgroup
+from tests.kernel.daemon_fixture import RunningDaemon
+
+pytestmark = pytest.mark.kernel
+
+# Touch N MiB a MiB at a time, say "ready", then hold it until stdin closes (or exit
+# at once with "exit").
+TOUCH = (
+    "import sys\n"
+    "chunks = []\n"
+    "for _ in range(int(sys.argv[1])):\n"
+    "    chunks.append(bytearray(1 << 20))\n"
+    "    chunks[-1][::4096] = b'x' * 256\n"
+    "print('ready', flush=True)\n"
+    "if sys.argv[2] != 'exit':\n"
+    "    sys.stdin.read()\n"
+)
+
+
+def touch(call: ToolCall, mib: int, then: str = "exit") -> subprocess.Popen[str]:
+    return call.popen(
+        [sys.executable, "-c", TOUCH, str(mib), then],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def names(call: ToolCall) -> list[str]:
+    return [e["event"] for e in call.events]
+
+
+def wait_for(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+BPF = "[memory]\nbpf = true"
+
+
+@pytest.mark.parametrize("daemon", ["", BPF], indirect=True, ids=["events", "bpf"])
+def test_a_call_over_its_ask_ends_at_its_ceiling_with_advice(daemon: RunningDaemon) -> None:
+    if "bpf = true" in daemon.config.read_text():
+        pytest.importorskip("bcc")
+        wait_for(lambda: "memory detection: bpf" in daemon.log_tail(100_000), 1800, "the probe")
+    with Client() as c, c.tool_call(memory="64M", label="python") as call:
+        # Before: memory.high never OOM-kills, so this slept in the throttle for ever.
+        proc = touch(call, 512)
+        proc.wait(300)
+    out = call.outcome
+    assert out is not None
+    assert proc.returncode == -9
+    assert out["killed_reason"] == "oom" and out["oom_kills"] >= 1
+    assert "--memory" in out["advice"]
+    seen = names(call)
+    assert seen.index("limit_raised") < seen.index("oom"), seen
+    raised = next(e["data"] for e in call.events if e["event"] == "limit_raised")
+    assert raised["previous"] == 64 << 20 and raised["memory_high"] == raised["memory_max"]
+    assert seen.count("limit_raised") == 1 and "throttled" not in seen
+    log = daemon.log_tail(100_000)
+    assert f"call {call.id} (python, normal): set_high over_ask" in log
+
+
+def test_high_keeps_running_while_low_bursts_then_low_is_thawed(daemon: RunningDaemon) -> None:
+    with Client() as c:
+        session = c.open_session("burst", memory="320M")
+        high = c.tool_call(session=session, memory="160M", priority="high", label="pytest")
+        holder = touch(high, 120, "hold")
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        # LOW wants 200 MiB; only ~320 - 120 - (160 - 120) - interpreters is left for it.
+        low = c.tool_call(session=session, priority="low", label="build")
+        burst = touch(low, 200, "hold")
+        wait_for(lambda: "frozen" in names(low), 300, "LOW frozen")
+        wait_for(lambda: Cgroup(Path(low.info["cgroup"])).frozen, 60, "the freeze to complete")
+        assert names(low).index("throttled") < names(low).index("frozen")
+        assert holder.poll() is None and "frozen" not in names(high)
+        assert "throttled" not in names(high)
+        # HIGH ends: its room comes back and nothing ranks above LOW any more.
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(120)
+        high_out = high.end(holder.returncode)
+        wait_for(lambda: "thawed" in names(low), 120, "LOW thawed")
+        assert burst.stdout is not None and burst.stdout.readline().strip() == "ready"
+        assert burst.stdin is not None
+        burst.stdin.close()
+        burst.wait(120)
+        low_out = low.end(burst.returncode)
+    assert high_out["exit_status"] == 0 and high_out["killed_reason"] is None
+    assert not high_out["frozen"]
+    assert low_out["exit_status"] == 0 and low_out["frozen"] is True
+    assert low_out["killed_reason"] is None
+    seen = names(low)
+    assert seen.index("throttled") < seen.index("frozen") < seen.index("thawed"), seen
+    assert "released" in seen
+
+
+AGENT = (
+    "import sys, time\n"
+    "from agentcg.client import Client\n"
+    "c = Client()\n"
+    "c.open_session(sys.argv[1], memory=sys.argv[2], adopt=True)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+def test_low_dies_only_when_high_would_otherwise_oom(daemon: RunningDaemon) -> None:
+    # The agent: a process adopted into the session's agent/ leaf.
+    agent = subprocess.Popen(
+        [sys.executable, "-c", AGENT, "crowded", "320M"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert agent.stdout is not None and agent.stdout.readline().strip() == "ready"
+        with Client() as c:
+            low = c.tool_call(session="crowded", memory="200M", priority="low", label="build")
+            holder = touch(low, 150, "hold")
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+            # A HIGH call that fits next to LOW: nobody dies.
+            fit = c.tool_call(session="crowded", memory="200M", priority="high", label="t")
+            with fit:
+                assert fit.run([sys.executable, "-c", TOUCH, "40", "exit"]).returncode == 0
+            assert holder.poll() is None and "oom" not in names(low)
+            # One that does not: the session runs out; the kernel takes LOW, not HIGH.
+            big = c.tool_call(session="crowded", memory="200M", priority="high", label="t")
+            with big:
+                rc = big.run([sys.executable, "-c", TOUCH, "180", "exit"]).returncode
+            holder.wait(60)
+            low_out = low.end(holder.returncode)
+        agent_cg = Cgroup.of_pid(agent.pid)
+        assert agent.poll() is None and agent_cg.path.name == "agent"
+        assert agent_cg.frozen is False
+        assert Path(f"/proc/{agent.pid}/oom_score_adj").read_text().strip() == "0"
+    finally:
+        agent.kill()
+        agent.wait()
+    assert rc == 0 and big.outcome is not None and big.outcome["killed_reason"] is None
+    assert fit.outcome is not None and fit.outcome["killed_reason"] is None
+    assert holder.returncode == -9
+    assert low_out["killed_reason"] == "pressure"
+    assert "lowest-priority" in low_out["advice"]
+    oom = next(e["data"] for e in low.events if e["event"] == "oom")
+    assert oom["reason"] == "pressure"
+
+
+def test_asks_overcommit_the_budget_but_protection_must_fit(daemon: RunningDaemon) -> None:
+    with Client() as c:
+        session = c.open_session("overcommit", memory="1300M")
+        # Three 512M asks on a 1300M budget: refused as reservations before.
+        calls = [c.tool_call(session=session, memory="512M", label=f"t{i}") for i in range(3)]
+        for call in calls:
+            call.begin()
+        for call in calls:
+            call.end(0)
+        first = c.tool_call(session=session, memory="800M", priority="critical", label="a")
+        first.begin()
+        with pytest.raises(AgentcgError) as e:
+            c.tool_call(session=session, memory="800M", priority="critical", label="b").begin()
+        assert e.value.code == "limit_exceeded"
+        assert "already protect 800 MiB" in e.value.message
+        first.end(0)
