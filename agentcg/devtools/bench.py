@@ -20,18 +20,23 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
-import math
 import os
-import platform
 import secrets
-import shutil
 import subprocess
-import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from agentcg.devtools.benchstats import (
+    environment,
+    interleaved,
+    progress,
+    ratio,
+    summarize,
+)
 
 TOOL = ["/bin/true"]
 MEMORY_HIGH = 256 * 1024**2  # the agentcg variant asks for memory="256M"
@@ -49,46 +54,9 @@ REFERENCE_NOTE = (
     "reference: the prototype's bash wrapper cost 1-4 ms per call (cgroup create + "
     "cleanup) on bare metal; compare ratios, not absolute ms, across machines."
 )
-DAEMON_START_TIMEOUT_S = 120.0  # the daemon's imports alone take seconds under TCG
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation between closest ranks.
-
-    Same definition as numpy's default ("linear"): rank = q/100 * (n - 1).
-    """
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile q must be within 0..100, not {q!r}")
-    s = sorted(values)
-    rank = q / 100 * (len(s) - 1)
-    lo = math.floor(rank)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (rank - lo)
-
-
-def summarize(samples_s: Sequence[float]) -> dict[str, float | int]:
-    """Latency summary of one variant from per-call durations in seconds."""
-    total = sum(samples_s)
-    return {
-        "n": len(samples_s),
-        "p50_ms": round(percentile(samples_s, 50) * 1e3, 3),
-        "p95_ms": round(percentile(samples_s, 95) * 1e3, 3),
-        "p99_ms": round(percentile(samples_s, 99) * 1e3, 3),
-        "mean_ms": round(total / len(samples_s) * 1e3, 3),
-        "min_ms": round(min(samples_s) * 1e3, 3),
-        "max_ms": round(max(samples_s) * 1e3, 3),
-        # Sequential calls back to back: calls/s of one agent issuing them one by one.
-        "calls_per_s": round(len(samples_s) / total, 2) if total > 0 else 0.0,
-    }
-
-
-def ratio(a: float, b: float) -> float | None:
-    return round(a / b, 3) if b > 0 else None
+# ----------------------------------------------------------------------------- report
 
 
 def ratios(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
@@ -255,72 +223,23 @@ def _agentcg_call(client: Any, argv: Sequence[str] = TOOL, **kwargs: Any) -> Any
 # ----------------------------------------------------------------------------- daemon
 
 
-class OwnDaemon:
-    """A daemon started for this run (like tests/kernel/daemon_fixture.py), then removed."""
-
-    def __init__(self, mount: Path, tag: str) -> None:
-        self.root = mount / f"agentcg-bench-{tag}"
-        self.run_dir = Path(f"/run/agentcg-bench-{tag}")
-        self.socket = self.run_dir / "agentcg.sock"
-        self.config = self.run_dir / "agentcg.toml"
-        self.log = self.run_dir / "daemon.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.run_dir.mkdir(mode=0o700)
-        # The default 200 requests/s per connection would throttle a fast machine.
-        self.config.write_text(
-            f'[daemon]\nroot = "{self.root}"\nsocket = "{self.socket}"\n'
-            f'state_dir = "{self.run_dir}"\nmax_requests_per_second = 1000000\n'
-        )
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agentcg.cli.main", "daemon", "--config", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
-        while not self.socket.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the bench daemon did not start:\n{self.log_tail()}")
-            time.sleep(0.05)
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no daemon log)"
-
-    def stop(self) -> None:
-        from agentcg.kernel.cgroup import Cgroup
-
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        try:
-            Cgroup(self.root).remove_tree(kill=True, timeout=10)
-        finally:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-
-
 @contextlib.contextmanager
-def _daemon(mount: Path, tag: str) -> Iterator[tuple[str, str]]:
+def _daemon() -> Iterator[tuple[str, str]]:
     """(socket path, description): $AGENTCG_SOCKET if set, else a daemon of our own."""
+    from agentcg.devtools.daemonproc import DaemonProcess
+
     external = os.environ.get("AGENTCG_SOCKET")
     if external:
         yield external, f"external ($AGENTCG_SOCKET={external})"
         return
-    d = OwnDaemon(mount, tag)
-    try:
-        d.start()
-        yield str(d.socket), "own (started for this run)"
-    finally:
-        d.stop()
+    with tempfile.TemporaryDirectory(prefix="agentcg-bench-") as work:
+        # The default 200 requests/s per connection would throttle a fast machine.
+        d = DaemonProcess("bench", Path(work), "max_requests_per_second = 1000000")
+        try:
+            d.start()
+            yield str(d.socket), "own (started for this run)"
+        finally:
+            d.remove()
 
 
 # ----------------------------------------------------------------------------- driver
@@ -337,22 +256,6 @@ def _check_placement(raw: RawCgroups, client: Any, mount: Path) -> None:
     want = "0::/" + str(Path(call.info["cgroup"]).relative_to(mount))
     if want not in proc.stdout.splitlines():
         raise RuntimeError(f"agentcg variant: tool in {proc.stdout.strip()}, expected {want}")
-
-
-def _interleaved(
-    runners: dict[str, Callable[[], object]], calls: int, warmup: int
-) -> dict[str, list[float]]:
-    names = list(runners)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for i in range(warmup + calls):
-        k = i % len(names)
-        for name in names[k:] + names[:k]:  # rotate so no variant always goes first
-            t0 = time.perf_counter()
-            runners[name]()
-            dt = time.perf_counter() - t0
-            if i >= warmup:
-                samples[name].append(dt)
-    return samples
 
 
 def _concurrent(runners: Sequence[Callable[[], object]], per_client: int) -> float:
@@ -421,20 +324,6 @@ class _ClientRunner:
         self.client.close()
 
 
-def _environment() -> dict[str, Any]:
-    return {
-        "kernel": platform.release(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "in_test_vm": os.environ.get("AGENTCG_IN_VM") == "1",
-    }
-
-
-def _progress(msg: str) -> None:
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
 def toolcall(calls: int, clients: int = 4, warmup: int | None = None) -> dict[str, Any]:
     """Run the tool-call benchmark (as root, on a host with cgroup v2 controllers).
 
@@ -460,13 +349,13 @@ def toolcall(calls: int, clients: int = 4, warmup: int | None = None) -> dict[st
     tag = secrets.token_hex(4)
     raw = RawCgroups(mount, tag)
     t_start = time.time()
-    with _daemon(mount, tag) as (sock, daemon_desc):
+    with _daemon() as (sock, daemon_desc):
         raw.setup()
         try:
             with Client(sock) as client:
                 _check_placement(raw, client, mount)
-                _progress(f"{calls} calls x {len(VARIANTS)} variants, interleaved")
-                samples = _interleaved(
+                progress(f"{calls} calls x {len(VARIANTS)} variants, interleaved")
+                samples = interleaved(
                     {
                         "none": _run_none,
                         "raw": raw.run,
@@ -477,7 +366,7 @@ def toolcall(calls: int, clients: int = 4, warmup: int | None = None) -> dict[st
                 )
             throughput = None
             if clients > 1:
-                _progress(f"throughput: {clients} concurrent clients x {calls} calls")
+                progress(f"throughput: {clients} concurrent clients x {calls} calls")
                 tp = _throughput(
                     {
                         "none": lambda: _run_none,
@@ -504,7 +393,7 @@ def toolcall(calls: int, clients: int = 4, warmup: int | None = None) -> dict[st
         "intent": {"memory": "256M", "label": LABEL},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
         "duration_s": round(time.time() - t_start, 1),
-        "environment": _environment(),
+        "environment": environment(),
         "daemon": daemon_desc,
         "variants": stats,
         "ratios": ratios(stats),

@@ -1,18 +1,11 @@
-"""Pure parts of agentcg.bench: statistics, ratios and the text report."""
+"""Pure parts of the benches: statistics, ratios and the text report."""
 
 import json
 
 import pytest
 
-from agentcg.devtools.bench import (
-    REFERENCE_NOTE,
-    format_report,
-    overhead_ms,
-    percentile,
-    ratio,
-    ratios,
-    summarize,
-)
+from agentcg.devtools.bench import REFERENCE_NOTE, format_report, overhead_ms, ratios
+from agentcg.devtools.benchstats import percentile, ratio, summarize
 
 
 def test_percentile_matches_linear_interpolation():
