@@ -1,3 +1,3 @@
-from agentcg.cli.main import main
+from agentcg.cli.entry import main
 
 main()

@@ -1,12 +1,13 @@
-"""`agentcg` command line: daemon, run, doctor, status, top, exporter, vm, bench."""
+"""`agentcg` command line: daemon, run, doctor, status, top, exporter, vm, bench.
+
+The `agentcg` executable is agentcg.cli.entry, which parses `run` itself (fast start-up)
+and loads this click CLI for everything else; heavy imports stay inside the commands.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,10 @@ def daemon(
     verbose: bool,
 ) -> None:
     """Run the daemon (as root) in the foreground."""
+    import asyncio
+    import logging
+    import signal
+
     from agentcg.core.config import DEFAULT_PATH, load_config
     from agentcg.daemon.app import Daemon
     from agentcg.daemon.notify import Notifier
@@ -129,25 +134,18 @@ def _delegated_root() -> Path:
     return own.parent if own.name == "supervisor" else own
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--memory", "-m", help='memory the call expects: "512M", "2G" or low|medium|high')
-@click.option("--priority", "-p", help="critical|high|normal|low")
-@click.option("--label", "-l", help="tool kind for metrics and advice, e.g. pytest")
-@click.option("--cpu", type=float, help="CPU limit in cores")
-@click.option("--pids", type=int, help="max processes")
-@click.option("--timeout", type=float, help="seconds before the call is killed")
-@click.option("--latency-sensitive", is_flag=True, default=None, help="interactive call")
-@click.option("--session", "-s", help="session name [default: $AGENTCG_SESSION or your own]")
-@click.option("--json", "json_out", is_flag=True, help="print the outcome as JSON on stderr")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(command: tuple[str, ...], session: str | None, json_out: bool, **intent: Any) -> None:
-    """Run COMMAND as one tool call in its own cgroup; exit with its status."""
-    from agentcg.cli.run import run_tool
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run(args: tuple[str, ...]) -> None:
+    """Run COMMAND as one tool call in its own cgroup; exit with its status.
 
-    try:
-        sys.exit(run_tool(command, session, json_out, intent))
-    except AgentcgError as e:
-        raise click.ClickException(e.message) from None
+    `agentcg run --help` lists the options (parsed by agentcg.cli.entry)."""
+    from agentcg.cli.entry import run_main
+
+    sys.exit(run_main(list(args)))
 
 
 @main.command()
@@ -210,6 +208,27 @@ def bench_toolcall(calls: int, json_out: bool) -> None:
     click.echo(json.dumps(report, indent=2) if json_out else report["text"])
 
 
+@bench.command("startup")
+@click.option("-n", "--runs", type=int, default=50, help="runs per variant")
+@click.option(
+    "--executable",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="the agentcg executable to measure [default: this one]",
+)
+@click.option("--json", "json_out", is_flag=True)
+def bench_startup(runs: int, executable: Path | None, json_out: bool) -> None:
+    """Start-up of `agentcg run` (up to its connect) vs the bare interpreter."""
+    from agentcg.devtools.bench_startup import startup
+
+    try:
+        report = startup(runs, executable)
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(report, indent=2) if json_out else report["text"])
+
+
 if __name__ == "__main__":
+    from agentcg.cli.entry import main as entry
+
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    main()
+    entry()

@@ -31,8 +31,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from agentcg.core.errors import AgentcgError
-from agentcg.core.protocol import PROTOCOL_VERSION
 
+# The wire version this SDK speaks (the daemon negotiates it in hello). Not imported
+# from agentcg.core.protocol: that is the daemon's validator, and `agentcg run` starts
+# faster without it.
+PROTOCOL_VERSION = 1
 DEFAULT_SOCKET = "/run/agentcg/agentcg.sock"
 RECONNECT_WINDOW_S = 60.0  # how long to wait for a restarting daemon
 _HELLO = {"version": PROTOCOL_VERSION, "client": "agentcg-py"}

@@ -1,0 +1,81 @@
+"""The `agentcg` executable's fast `run` path: its option parser, and what it imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from agentcg.cli.entry import UsageError, parse_run, run_main
+from agentcg.client import sdk
+from agentcg.core import protocol
+
+
+def test_options_then_command():
+    opts, cmd = parse_run(["-m", "2G", "--label", "pytest", "--", "pytest", "-x"])
+    assert opts == {"memory": "2G", "label": "pytest"} and cmd == ["pytest", "-x"]
+
+
+def test_option_forms_and_types():
+    opts, cmd = parse_run(
+        ["--memory=512M", "-phigh", "--cpu", "1.5", "--pids", "64", "--latency-sensitive", "ls"]
+    )
+    assert opts == {
+        "memory": "512M",
+        "priority": "high",
+        "cpu": 1.5,
+        "pids": 64,
+        "latency_sensitive": True,
+    }
+    assert cmd == ["ls"]
+
+
+def test_options_end_at_the_command():
+    # The command's own options stay its own, even when they look like ours.
+    assert parse_run(["ls", "--memory", "1G"]) == ({}, ["ls", "--memory", "1G"])
+    assert parse_run(["--", "--weird-tool", "-m"]) == ({}, ["--weird-tool", "-m"])
+    assert parse_run(["-s", "task", "-", "x"]) == ({"session": "task"}, ["-", "x"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--nope", "ls"], "no such option: --nope"),
+        (["--cpu", "lots", "ls"], "--cpu: 'lots' is not a valid number"),
+        (["--pids=1.5", "ls"], "--pids: '1.5' is not a valid integer"),
+        (["-m"], "option -m requires a value"),
+        (["-m", "1G"], "missing COMMAND"),
+        ([], "missing COMMAND"),
+    ],
+)
+def test_usage_errors(argv, message):
+    with pytest.raises(UsageError, match=message):
+        parse_run(argv)
+
+
+def test_usage_error_and_help_exit_codes(capsys):
+    assert run_main(["--nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Usage: agentcg run") and err.endswith("Error: no such option: --nope\n")
+    assert run_main(["--help"]) == 0
+    assert "--latency-sensitive" in capsys.readouterr().out
+
+
+def test_sdk_speaks_the_daemons_protocol_version():
+    assert sdk.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
+
+
+def test_run_path_imports_no_click_asyncio_or_daemon():
+    """What `agentcg run` loads before it talks to the daemon (start-up time)."""
+    code = (
+        "import sys, json\n"
+        "import agentcg.cli.entry, agentcg.cli.run, agentcg.client\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(out.stdout))
+    heavy = {"click", "asyncio", "agentcg.core.protocol", "agentcg.core.intent", "dataclasses"}
+    assert not heavy & loaded, heavy & loaded
+    assert not {m for m in loaded if m.startswith(("agentcg.daemon", "agentcg.kernel"))}
