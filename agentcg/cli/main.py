@@ -227,6 +227,18 @@ def bench_startup(runs: int, executable: Path | None, json_out: bool) -> None:
     click.echo(json.dumps(report, indent=2) if json_out else report["text"])
 
 
+@bench.command(
+    "isolation", context_settings={"ignore_unknown_options": True, "help_option_names": []}
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_isolation(args: tuple[str, ...]) -> None:
+    """1 HIGH + N LOW tenants replaying memory traces: no isolation, static caps,
+    agentcg (see `agentcg bench isolation --help`)."""
+    from agentcg.devtools.isolation_cli import main as isolation_main
+
+    sys.exit(isolation_main(list(args)))
+
+
 if __name__ == "__main__":
     from agentcg.cli.entry import main as entry
 

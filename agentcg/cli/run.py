@@ -25,7 +25,7 @@ SI_KERNEL = 0x80  # si_code of a signal the kernel sent itself, e.g. the tty's ^
 
 
 def _on_event(msg: dict[str, Any]) -> None:
-    if msg["event"] in ("throttled", "oom", "killed", "frozen"):
+    if msg["event"] in ("limit_raised", "throttled", "frozen", "thawed", "oom", "killed"):
         print(
             f"agentcg: tool call {msg['event']}: {json.dumps(msg['data'])}",
             file=sys.stderr,

@@ -24,9 +24,7 @@ log = logging.getLogger("agentcg.daemon")
 
 
 class Sessions:
-    def __init__(
-        self, reg: Registry, events: KernelEvents, ending: Ending
-    ) -> None:
+    def __init__(self, reg: Registry, events: KernelEvents, ending: Ending) -> None:
         self.reg = reg
         self.events = events
         self.ending = ending
