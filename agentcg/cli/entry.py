@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+
+# Annotations only (never evaluated): importing typing would slow `agentcg run`.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 USAGE = "Usage: agentcg run [OPTIONS] [--] COMMAND [ARGS]..."
 RUN_HELP = f"""{USAGE}

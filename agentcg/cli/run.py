@@ -16,9 +16,13 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from agentcg.core.errors import AgentcgError
+
+# Annotations only (never evaluated): importing typing would slow `agentcg run`.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 SI_KERNEL = 0x80  # si_code of a signal the kernel sent itself, e.g. the tty's ^C to a group

@@ -28,9 +28,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from agentcg.core.errors import AgentcgError
+
+# Annotations only (never evaluated): importing typing would slow `agentcg run`.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # The wire version this SDK speaks (the daemon negotiates it in hello). Not imported
 # from agentcg.core.protocol: that is the daemon's validator, and `agentcg run` starts

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
+
+# Annotations only (never evaluated): importing typing would slow `agentcg run`.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ErrorCode(StrEnum):

@@ -11,6 +11,8 @@ interleaved round-robin (order rotated every round), so machine noise hits them 
 - ``run``: ``agentcg run -- true`` up to its connect;
 - ``cli``: ``agentcg --version``, the click CLI, for comparison.
 
+Each run records wall time and the CPU time (user + system) the kernel charged the
+process (wait4): on a busy machine the CPU time is the steadier of the two.
 Needs no root and no daemon.
 """
 
@@ -21,11 +23,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import time
 from pathlib import Path
 from typing import Any
 
-from agentcg.devtools.benchstats import environment, interleaved, progress, ratio, summarize
+from agentcg.devtools.benchstats import environment, progress, ratio, summarize
 
 VARIANTS = ("python", "run", "cli")
 TITLES = {
@@ -52,13 +54,13 @@ def interpreter_of(script: Path) -> str:
     return first[2:].decode().split()[0]
 
 
-def _timed(argv: list[str], env: dict[str, str]) -> Callable[[], None]:
-    def run() -> None:
-        subprocess.run(
-            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False
-        )
-
-    return run
+def spawn_timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall s, CPU s) of one run of `argv` with its output discarded."""
+    quiet = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]
+    t0 = time.perf_counter()
+    pid = os.posix_spawn(argv[0], argv, env, file_actions=quiet)
+    _, _, usage = os.wait4(pid, 0)
+    return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
 
 
 def startup(runs: int, executable: Path | None = None) -> dict[str, Any]:
@@ -67,24 +69,29 @@ def startup(runs: int, executable: Path | None = None) -> dict[str, Any]:
         raise ValueError("runs must be at least 1")
     exe = executable or find_executable()
     python = interpreter_of(exe)
+    argvs = {
+        "python": [python, "-c", "pass"],
+        "run": [str(exe), "run", "--", "true"],
+        "cli": [str(exe), "--version"],
+    }
+    wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    warmup = max(1, min(5, runs // 10))
     with tempfile.TemporaryDirectory(prefix="agentcg-bench-startup-") as tmp:
         env = dict(os.environ, AGENTCG_SOCKET=str(Path(tmp) / "nobody-listens.sock"))
-        probe = subprocess.run(
-            [str(exe), "run", "--", "true"], env=env, capture_output=True, text=True, check=False
-        )
+        probe = subprocess.run(argvs["run"], env=env, capture_output=True, text=True, check=False)
         if "cannot reach the agentcg daemon" not in probe.stderr:
             raise RuntimeError(f"agentcg run did not stop at its connect: {probe.stderr.strip()}")
         progress(f"{runs} runs x {len(VARIANTS)} variants, interleaved")
-        samples = interleaved(
-            {
-                "python": _timed([python, "-c", "pass"], env),
-                "run": _timed([str(exe), "run", "--", "true"], env),
-                "cli": _timed([str(exe), "--version"], env),
-            },
-            runs,
-            max(1, min(5, runs // 10)),
-        )
-    stats = {name: summarize(samples[name]) for name in VARIANTS}
+        for i in range(warmup + runs):
+            k = i % len(VARIANTS)
+            for name in VARIANTS[k:] + VARIANTS[:k]:
+                w, c = spawn_timed(argvs[name], env)
+                if i >= warmup:
+                    wall[name].append(w)
+                    cpu[name].append(c)
+    stats = {name: summarize(wall[name]) for name in VARIANTS}
+    cpu_stats = {name: summarize(cpu[name]) for name in VARIANTS}
     report: dict[str, Any] = {
         "bench": "startup",
         "runs": runs,
@@ -92,9 +99,12 @@ def startup(runs: int, executable: Path | None = None) -> dict[str, Any]:
         "interpreter": python,
         "environment": environment(),
         "variants": stats,
+        "cpu": cpu_stats,
         "ratios": {
             f"{v}/python": {
-                q: ratio(stats[v][f"{q}_ms"], stats["python"][f"{q}_ms"]) for q in ("p50", "p99")
+                "wall_p50": ratio(stats[v]["p50_ms"], stats["python"]["p50_ms"]),
+                "wall_p99": ratio(stats[v]["p99_ms"], stats["python"]["p99_ms"]),
+                "cpu_p50": ratio(cpu_stats[v]["p50_ms"], cpu_stats["python"]["p50_ms"]),
             }
             for v in ("run", "cli")
         },
@@ -104,18 +114,21 @@ def startup(runs: int, executable: Path | None = None) -> dict[str, Any]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    stats = report["variants"]
+    wall, cpu = report["variants"], report["cpu"]
     lines = [
         f"agentcg bench startup: {report['runs']} runs per variant, interleaved; "
         f"{report['executable']} on {report['interpreter']}",
         "",
-        f"{'variant':<36}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}",
+        f"{'variant':<36}{'wall p50':>10}{'p95':>8}{'p99':>8}{'cpu p50':>10}   (ms)",
     ]
     for name in VARIANTS:
-        s = stats[name]
-        lines.append(f"{TITLES[name]:<36}{s['p50_ms']:>9.1f}{s['p95_ms']:>9.1f}{s['p99_ms']:>9.1f}")
-    lines += ["", f"{'ratio':<36}{'p50':>9}{'p99':>9}"]
+        w = wall[name]
+        lines.append(
+            f"{TITLES[name]:<36}{w['p50_ms']:>10.1f}{w['p95_ms']:>8.1f}{w['p99_ms']:>8.1f}"
+            f"{cpu[name]['p50_ms']:>10.1f}"
+        )
+    lines += ["", f"{'ratio':<36}{'wall p50':>10}{'p99':>8}{'cpu p50':>10}"]
     for key, r in report["ratios"].items():
-        cells = "".join(f"{'n/a' if x is None else f'{x:.2f}x':>9}" for x in r.values())
-        lines.append(f"{key:<36}{cells}")
+        cells = [f"{'n/a' if x is None else f'{x:.2f}x'}" for x in r.values()]
+        lines.append(f"{key:<36}{cells[0]:>10}{cells[1]:>8}{cells[2]:>10}")
     return "\n".join(lines)

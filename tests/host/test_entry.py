@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -67,15 +68,21 @@ def test_sdk_speaks_the_daemons_protocol_version():
     assert sdk.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
 
 
-def test_run_path_imports_no_click_asyncio_or_daemon():
-    """What `agentcg run` loads before it talks to the daemon (start-up time)."""
+def test_run_path_imports_no_click_asyncio_typing_or_daemon():
+    """What `agentcg run` loads before it talks to the daemon (start-up time). Without
+    site (-S), so that .pth files of this venv do not preload anything."""
+    root = str(Path(__file__).resolve().parents[2])
     code = (
         "import sys, json\n"
+        f"sys.path.insert(0, {root!r})\n"
+        "before = set(sys.modules)\n"
         "import agentcg.cli.entry, agentcg.cli.run, agentcg.client\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
+        "print(json.dumps(sorted(set(sys.modules) - before)))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True
+    )
     loaded = set(json.loads(out.stdout))
-    heavy = {"click", "asyncio", "agentcg.core.protocol", "agentcg.core.intent", "dataclasses"}
+    heavy = {"click", "asyncio", "typing", "agentcg.core.protocol", "agentcg.core.intent"}
     assert not heavy & loaded, heavy & loaded
     assert not {m for m in loaded if m.startswith(("agentcg.daemon", "agentcg.kernel"))}
