@@ -19,12 +19,12 @@ The rules:
    lowered to a tripwire at its usage plus its share of that room (throttled). Reaching
    the tripwire with no room left, it is frozen; as soon as the room is back it is
    thawed with a new tripwire; once nothing ranks above it, its own limits come back.
-3. **At the budget, lower ranks stop.** When the session's charges fail at its budget
-   (the next step is the kernel's OOM killer), every running lower-ranked call is
-   frozen so none of them grows into the room. Killing is left to the kernel's OOM
-   killer, which the daemon steers with oom_score_adj by priority: a lower-ranked call
-   dies only when the alternative is an OOM in the session, and before any
-   higher-ranked one. There is no kill on a timer.
+3. **At the budget, the kernel decides.** When the session's charges fail at its budget
+   the kernel's OOM killer runs within milliseconds; the daemon steers it with
+   oom_score_adj by priority, so a lower-ranked call dies only when the alternative is
+   an OOM in the session, and before any higher-ranked one (freezing then would only
+   slow the victim's exit). While the session is at its budget nothing is thawed.
+   There is no kill on a timer.
 """
 
 from __future__ import annotations
@@ -95,7 +95,6 @@ class Reason(Enum):
     OVER_ASK = "over_ask"  # stuck over its own memory.high: raised to memory.max
     AT_CEILING = "at_ceiling"  # stuck at its memory.max already: killed
     ROOM_FOR_HIGHER = "room_for_higher"  # the room is what higher-ranked calls may claim
-    SESSION_AT_LIMIT = "session_at_limit"  # the session's charges fail at its budget
     ROOM_BACK = "room_back"  # room came back
     RESTORED = "restored"  # nothing ranks above it any more
 
@@ -151,10 +150,7 @@ def decide(s: Snapshot, t: Tuning) -> list[Action]:
                 out.append(Action(Act.THAW, c.call, Reason.ROOM_BACK, detail=detail))
             continue
         share = max(0, room) // running
-        if s.at_limit:
-            detail = f"session at its {_size(s.budget)} budget ({_size(s.usage)} used)"
-            out.append(Action(Act.FREEZE, c.call, Reason.SESSION_AT_LIMIT, detail=detail))
-        elif c.stuck:
+        if c.stuck:
             if share >= t.step:
                 detail = f"{_size(share)} of room for it ({_size(reserve)} kept for higher)"
                 out.append(_tripwire(c, share, Reason.ROOM_BACK, detail))

@@ -59,7 +59,7 @@ ACTIONS: Mapping[str, tuple[str, ...]] = {
     "throttle": ("call_memory_high", "room_for_higher"),
     # a call over its ask with nothing reclaimable got its memory.max as memory.high
     "raise": ("over_ask",),
-    "freeze": ("room_for_higher", "session_at_limit"),
+    "freeze": ("room_for_higher",),
     "thaw": ("room_back", "restored"),
     "kill": ("oom", "timeout", "disconnect", "session_closed", "pressure", "owner_gone"),
 }

@@ -233,10 +233,25 @@ def run_strategy(strategy: RawStrategy | AgentcgStrategy, plan: Plan) -> list[Te
     return tenants
 
 
+def _wait_log(d: DaemonProcess, line: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while line not in d.log_tail(1_000_000):
+        if time.monotonic() > deadline or d.proc is None or d.proc.poll() is not None:
+            raise RuntimeError(f"the daemon did not start:\n{d.log_tail()}")
+        time.sleep(1)
+
+
 def start_daemon(work_dir: Path, bpf: bool, log: Callable[[str], None]) -> DaemonProcess:
     """A daemon for the agentcg strategy; with BPF, once its probe is loaded."""
     d = DaemonProcess("bench-iso", work_dir, DAEMON_CONFIG.format(bpf=str(bpf).lower()))
-    d.start()
+    try:
+        d.start()
+    except RuntimeError:
+        # A loaded emulated machine can take minutes just to import the daemon.
+        if d.proc is None or d.proc.poll() is not None:
+            raise
+        log("the daemon is slow to start; waiting for it")
+        _wait_log(d, f"listening on {d.socket}", 1800)
     if bpf:
         log("waiting for the daemon's BPF probe to compile and load (minutes under emulation)")
         deadline = time.monotonic() + 1800
