@@ -62,15 +62,16 @@ def load_bcc(name: str, what: str, cflags: Sequence[str] = ()) -> Any:
 
     Programs declared with TRACEPOINT_PROBE and friends attach themselves on load.
     """
+    text = read_source(name)
+    include = include_dir()
     try:
         from bcc import BPF
     except ImportError as e:
         raise AgentcgError(
             ErrorCode.UNAVAILABLE, f"bcc is not importable ({e}); install python3-bpfcc"
         ) from None
-    text = read_source(name)
     try:
-        return BPF(text=text.encode(), cflags=[f"-I{include_dir()}", *cflags])
+        return BPF(text=text.encode(), cflags=[f"-I{include}", *cflags])
     except Exception as e:  # bcc raises bare Exception on compile and load failures
         raise AgentcgError(
             ErrorCode.UNAVAILABLE,
