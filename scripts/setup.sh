@@ -145,4 +145,6 @@ setup_kernel() {
 setup_apt
 setup_venv
 setup_kernel
+# The libbpf BPF objects (the sched_ext scheduler): rebuilt only when a source changed.
+"$ROOT/scripts/build-bpf"
 log "ready: venv $VENV, kernel $CACHE/kernel/$KVER"

@@ -20,6 +20,7 @@ from agentcg.core.errors import AgentcgError, ConfigError
 from agentcg.core.escalation import MemoryConfig
 from agentcg.core.intent import MAX_PIDS, check_int, check_number, parse_size, show, validate_name
 from agentcg.core.metrics import DEFAULT_TOOL_KINDS, OTHER
+from agentcg.core.sched import SchedConfig
 
 DEFAULT_PATH = Path("/etc/agentcg/agentcg.toml")
 
@@ -138,6 +139,7 @@ class Config:
     session: SessionConfig = field(default_factory=SessionConfig)
     call: CallConfig = field(default_factory=CallConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     grants: Mapping[str, Grant] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -342,6 +344,18 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
     "metrics": (
         MetricsConfig,
         {"tool_kinds": _tool_kinds, "reader_uids": _id_list, "reader_gids": _id_list},
+    ),
+    "sched": (
+        SchedConfig,
+        {
+            "enabled": _bool,
+            "switch_all": _bool,
+            "slice_us": _int(100, 1_000_000),
+            "latency_slice_us": _int(100, 1_000_000),
+            "batch_slice_us": _int(100, 1_000_000),
+            "reload_backoff_s": _seconds(0.0, 3600.0),
+            "reload_backoff_max_s": _seconds(0.0, 86400.0),
+        },
     ),
 }
 _PRIORITY_FIELDS: dict[str, Checker] = {
