@@ -99,6 +99,7 @@ def daemon(
         d.start(loop)
         server = Server(d)
         await server.start()
+        d.serving()
         notifier = Notifier.from_env(lambda: status_line(d.reg))
         if notifier:
             notifier.ready(loop)

@@ -2,11 +2,15 @@
 
 The kernel adapter (agentcg.kernel.peer) says who the peer is; these functions decide.
 A peer inside a tool call is a tool; inside a session it is that session's agent; root
-inside a container or a session is still an agent, never an admin.
+in namespaces other than the daemon's (a container) or inside a session is still an
+agent, never an admin. An agent is its uid plus its home: the cgroup it came from,
+below which its sessions live (daemon/homes.py). A container id is only a label.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,35 +32,35 @@ class Identity(Protocol):
     def cgroup(self) -> str: ...
     @property
     def container(self) -> str | None: ...
+    @property
+    def confined(self) -> bool: ...
 
 
 @dataclass(frozen=True)
 class Location:
     session: str | None
     call: str | None
-
-
-def locate(sessions_prefix: str, cgroup: str) -> Location:
-    """Which session (and tool call) a cgroup path puts a peer in, if any.
-
-    ``sessions_prefix`` is the daemon's sessions cgroup as /proc/<pid>/cgroup shows it,
-    with a trailing slash.
-    """
-    if not cgroup.startswith(sessions_prefix):
-        return Location(None, None)
-    parts = cgroup[len(sessions_prefix) :].split("/")
-    call = parts[2] if len(parts) > 2 and parts[1] == "tools" else None
-    return Location(parts[0] or None, call)
+    home: str | None = None  # the peer's home cgroup; None: the daemon's own tree
 
 
 def is_admin(peer: Identity, where: Location, admin: AdminConfig) -> bool:
-    if peer.container is not None or where.session:
-        return False  # root inside a container or a session is still an agent
+    if peer.confined or where.session:
+        return False  # root in a container's namespaces or inside a session is an agent
     return peer.uid in admin.uids or peer.gid in admin.gids
 
 
-def default_session_name(peer: Identity) -> str:
-    return f"ctr-{peer.container[:12]}" if peer.container else f"uid-{peer.uid}"
+def default_session_name(peer: Identity, home: str | None, taken: Callable[[str], bool]) -> str:
+    """A readable name for the peer's default session, unique: the label of its
+    container or its uid, plus a digest of its home if that name is already taken."""
+    base = f"ctr-{peer.container[:12]}" if peer.container else f"uid-{peer.uid}"
+    if not taken(base):
+        return base
+    digest = hashlib.sha256(f"{peer.uid}:{home}".encode()).hexdigest()
+    for n in range(8, 33, 4):
+        name = f"{base}-{digest[:n]}"
+        if not taken(name):
+            return name
+    raise AgentcgError("conflict", f"no free default session name for {base}; close some")
 
 
 def authorize_session(peer: Identity, where: Location, admin: bool, sess: Session) -> None:
@@ -70,7 +74,7 @@ def authorize_session(peer: Identity, where: Location, admin: bool, sess: Sessio
         )
     if admin or where.session == sess.name:
         return
-    if sess.owner_uid == peer.uid and sess.container == peer.container:
+    if sess.owner_uid == peer.uid and sess.home == where.home:
         return
     raise AgentcgError(
         "unauthorized",
@@ -78,11 +82,13 @@ def authorize_session(peer: Identity, where: Location, admin: bool, sess: Sessio
     )
 
 
-def authorize_call(peer: Identity, admin: bool, call: Call, sess: Session | None) -> None:
+def authorize_call(
+    peer: Identity, where: Location, admin: bool, call: Call, sess: Session | None
+) -> None:
     """Raise unless the peer may act on the call (its token is checked separately)."""
     if admin:
         return
-    if call.owner_uid != peer.uid or (sess and sess.container != peer.container):
+    if call.owner_uid != peer.uid or sess is None or sess.home != where.home:
         raise AgentcgError("unauthorized", f"call {call.id!r} belongs to another agent")
 
 

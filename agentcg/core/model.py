@@ -20,13 +20,16 @@ LIVE_STATES = ("pending", "running")
 class Session:
     name: str
     owner_uid: int | None  # None: recovered without a record; admin only
-    container: str | None
+    container: str | None  # a label for people and grants; never decides ownership
     memory: int | None
     cpu: float | None
     pids: int | None
     max_calls: int
     created: float
     adopted: dict[str, str] = field(default_factory=dict)  # pid -> cgroup it came from
+    home: str | None = None  # cgroup the session nests under; None: <root>/sessions
+    default: bool = False  # its owner's default session in that home
+    limit: int | None = None  # memory.max when no budget was planned (memory None)
     calls: set[str] = field(default_factory=set)
 
     def record(self) -> dict[str, Any]:

@@ -86,8 +86,9 @@ SESSION: dict[str, Check] = {
     "adopted": _adopted,
     "home": _opt(cgroup_path_ok),  # the caller's cgroup it nests under; None: daemon root
     "default": lambda v: isinstance(v, bool),
+    "limit": SIZE,
 }
-SESSION_OPTIONAL = frozenset({"home", "default"})
+SESSION_OPTIONAL = frozenset({"home", "default", "limit"})
 
 INTENT: dict[str, Check] = {
     "memory": SIZE,

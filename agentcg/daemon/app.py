@@ -24,10 +24,12 @@ from agentcg.daemon.ending import Ending
 from agentcg.daemon.escalation import Escalation
 from agentcg.daemon.events import KernelEvents
 from agentcg.daemon.layout import Layout
+from agentcg.daemon.listen import ensure_fd_budget
+from agentcg.daemon.lock import DaemonLock
 from agentcg.daemon.recovery import recover
 from agentcg.daemon.registry import Connection, Registry
 from agentcg.daemon.sessions import Sessions
-from agentcg.daemon.state import State
+from agentcg.daemon.state import State, check_separate
 from agentcg.daemon.stats import Stats
 from agentcg.kernel.peer import Peer
 from agentcg.kernel.watch import Watcher
@@ -40,7 +42,7 @@ class Daemon:
         self.cfg = cfg
         self.reg = Registry(
             cfg,
-            Layout(cfg.daemon.root),
+            Layout(cfg),
             State(cfg.daemon.state_dir),
             EventBus(),
             DaemonStats(cfg.metrics.tool_kinds),
@@ -69,9 +71,24 @@ class Daemon:
             raise AssertionError(f"op table and handlers differ: missing {missing}, extra {extra}")
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Lock, then touch cgroupfs, then recover. The state directory's lock comes
+        first (a second daemon refuses before it reads a record or touches a cgroup),
+        then the cgroup root's (two daemons must not share one root either)."""
+        d = self.cfg.daemon
+        check_separate(d.state_dir, d.socket)
+        self.locks = [DaemonLock.state_dir(self.reg.state.open(), str(d.state_dir))]
+        ensure_fd_budget(d.max_connections)
         self.reg.layout.setup()
-        self.events.start(Watcher(loop))
+        self.locks.append(DaemonLock.cgroup_root(str(self.reg.layout.root.path)))
+        self.reg.layout.enter()
+        watcher = Watcher(loop)
+        self.events.start(watcher)
+        self.reg.reaper.start(watcher)
         recover(self.reg, self.events, self.calls)
+
+    def serving(self) -> None:
+        """The socket accepts connections: the reclaim grace of recovered calls starts."""
+        self.calls.serving()
 
     async def handle(self, conn: Connection, req: Request) -> dict[str, Any]:
         if req.spec.admin and not self.is_admin(conn.peer):

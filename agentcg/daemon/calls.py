@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
 import time
 from typing import Any
 
-from agentcg.core import authz
+from agentcg.core import authz, caps
 from agentcg.core.errors import AgentcgError
 from agentcg.core.intent import parse_intent
 from agentcg.core.model import Call
@@ -20,7 +21,7 @@ from agentcg.daemon.sessions import Sessions
 from agentcg.daemon.views import call_view
 from agentcg.kernel.cgroup import CgroupError
 from agentcg.kernel.oomadj import set_oom_score_adj
-from agentcg.kernel.peer import Peer, is_descendant
+from agentcg.kernel.peer import Peer, PeerGone, is_descendant, move_pinned
 
 log = logging.getLogger("agentcg.daemon")
 
@@ -46,13 +47,28 @@ class Calls:
                 f"already inside tool call {where.call}: run the command directly "
                 "(`agentcg run` does so by itself)",
             )
+        admin = reg.is_admin(peer)
+        caps.check_priority(reg.cfg, intent.priority, admin, peer.uid, (peer.gid,), peer.container)
         name = args.get("session") or where.session
         sess = reg.session_or_raise(peer, name) if name else self.sessions.open_session(peer, {})
+        if sess.home != where.home and not admin:
+            # Its tool would leave the cgroup (and the limits) it runs under now.
+            raise AgentcgError(
+                "unauthorized",
+                f"session {sess.name!r} lives outside your cgroup {where.home or peer.cgroup}; "
+                "begin calls in a session opened from where you run",
+            )
         if len(sess.calls) >= sess.max_calls:
             raise AgentcgError(
                 "limit_exceeded",
                 f"session {sess.name!r} already runs {len(sess.calls)} "
                 "tool calls (its max_calls); wait for one to end",
+            )
+        if len(reg.calls) >= reg.cfg.daemon.max_calls and not admin:
+            raise AgentcgError(
+                "limit_exceeded",
+                f"the daemon already runs {len(reg.calls)} tool calls (daemon.max_calls); "
+                "wait for one to end",
             )
         held = [reg.calls[c].limits for c in sess.calls if c in reg.calls]
         committed = Committed(
@@ -70,12 +86,16 @@ class Calls:
             limits=limits,
             started=time.time(),
         )
-        ccg = reg.layout.create_call(sess.name, call.id, limits)
+        ccg = reg.layout.create_call(sess, call.id, limits)
         try:
             self.events.watch(call)
         except OSError as e:
             self.events.unwatch(call)
-            reg.layout.remove(ccg)
+            reg.layout.remove_now(ccg)
+            if e.errno == errno.ENOSPC:
+                raise AgentcgError(
+                    "busy", "the daemon has no inotify watches left; retry when calls end"
+                ) from e
             raise AgentcgError("internal", f"could not watch the call's cgroup: {e}") from e
         reg.calls[call.id] = call
         reg.runtime[call.id] = CallRuntime(conn=conn)
@@ -104,13 +124,23 @@ class Calls:
             )
         if call.state == "ended":
             raise AgentcgError("conflict", f"call {call.id} is ending; begin a new call")
-        inside = self.reg.locate(peer).call
-        if inside and inside != call.id:
+        where = self.reg.locate(peer)
+        if where.call and where.call != call.id:
             raise AgentcgError(
-                "unauthorized", f"pid {peer.pid} belongs to call {inside}; it cannot move"
+                "unauthorized", f"pid {peer.pid} belongs to call {where.call}; it cannot move"
+            )
+        sess = self.reg.sessions.get(call.session)
+        if sess is None or (sess.home != where.home and not self.reg.is_admin(peer)):
+            raise AgentcgError(
+                "unauthorized",
+                f"pid {peer.pid} runs outside the cgroup call {call.id} nests under; "
+                "it cannot be moved there",
             )
         ccg = self.reg.call_cg(call)
-        ccg.add_process(peer.pid)
+        try:
+            move_pinned(ccg, peer)
+        except PeerGone as e:
+            raise AgentcgError("unauthorized", f"{e}; nothing was moved") from None
         try:
             # Out of budget, the kernel's OOM killer takes low priorities first, and
             # any call before its agent.
@@ -149,7 +179,7 @@ class Calls:
         if token is not None and not secrets.compare_digest(token, call.token):
             raise AgentcgError("unauthorized", f"wrong token for call {call_id!r}")
         sess = self.reg.sessions.get(call.session)
-        authz.authorize_call(peer, self.reg.is_admin(peer), call, sess)
+        authz.authorize_call(peer, self.reg.locate(peer), self.reg.is_admin(peer), call, sess)
         return call
 
     def _arm_timeout(self, call: Call) -> None:
@@ -160,15 +190,20 @@ class Calls:
             )
 
     def adopt_recovered(self, call: Call) -> None:
-        """A running call found after a restart: watched and timed again, and killed as
-        orphaned unless its agent reconnects and claims it within the grace."""
-        reg = self.reg
-        rt = reg.runtime[call.id] = CallRuntime()
+        """A running call found after a restart: watched and timed again; see serving()."""
+        self.reg.runtime[call.id] = CallRuntime()
         self.events.watch(call)
         self._arm_timeout(call)  # the deadline still counts from the call's start
-        rt.orphan_timer = asyncio.get_running_loop().call_later(
-            reg.cfg.daemon.reclaim_grace_s, self._orphan_timeout, call.id
-        )
+
+    def serving(self) -> None:
+        """The socket is up: recovered calls nobody claimed yet are killed as orphaned
+        unless their agent reconnects and claims them within the grace from now."""
+        reg = self.reg
+        for call_id, rt in reg.runtime.items():
+            if rt.conn is None and rt.orphan_timer is None:
+                rt.orphan_timer = asyncio.get_running_loop().call_later(
+                    reg.cfg.daemon.reclaim_grace_s, self._orphan_timeout, call_id
+                )
 
     def _orphan_timeout(self, call_id: str) -> None:
         call = self.reg.calls.get(call_id)

@@ -11,6 +11,8 @@ from agentcg.daemon.events import KernelEvents
 from agentcg.daemon.outcome import read_outcome
 from agentcg.daemon.registry import CallRuntime, Connection, Registry
 
+DRAIN_TIMEOUT_S = 5.0  # how long ending a call waits for what is left of it to die
+
 
 class Ending:
     def __init__(self, reg: Registry, events: KernelEvents) -> None:
@@ -31,12 +33,14 @@ class Ending:
             call.killed_reason = call.killed_reason or kill_reason
             reg.push(call, "killed", {"reason": kill_reason})
         cg = reg.call_cg(call)
-        # Whatever the tool left running in the background ends with the call.
-        await reg.layout.drain(cg)
+        self.events.unwatch(call)  # the reaper watches cgroup.events from here on
+        # Whatever the tool left running in the background ends with the call; a task
+        # that cannot die yet (uninterruptible sleep) delays only this reply, and its
+        # cgroup is removed in the background once it is gone.
+        await reg.reaper.drain(cg, DRAIN_TIMEOUT_S)
         outcome = read_outcome(call, cg, exit_status)
         reg.stats.call_ended(call.session, outcome)
-        self.events.unwatch(call)
-        reg.layout.remove(cg)  # already empty: no wait
+        reg.reaper.discard(cg)
         reg.calls.pop(call.id, None)
         sess = reg.sessions.get(call.session)
         if sess:

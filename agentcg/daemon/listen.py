@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import socket
 import stat
 from pathlib import Path
@@ -79,3 +80,23 @@ def _chmod_exact(dir_fd: int, name: str, mode: int) -> None:
         os.chmod(f"/proc/self/fd/{fd}", mode)
     finally:
         os.close(fd)
+
+
+FDS_PER_CONNECTION = 2  # the socket and the peer's pidfd
+FDS_SPARE = 64  # state directories, the locks, inotify, epoll, a /proc dirfd per request
+
+
+def ensure_fd_budget(max_connections: int) -> None:
+    """Raise the soft RLIMIT_NOFILE so every allowed connection fits; refuse to start
+    if the hard limit cannot hold them (a daemon out of fds fails everyone at once)."""
+    need = max_connections * FDS_PER_CONNECTION + FDS_SPARE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise AgentcgError(
+            "unavailable",
+            f"daemon.max_connections {max_connections} needs {need} file descriptors but "
+            f"the limit is {hard}: raise LimitNOFILE (ulimit -n) or lower max_connections",
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))

@@ -20,7 +20,9 @@ from agentcg.core.errors import AgentcgError
 from agentcg.core.metrics import DaemonStats
 from agentcg.core.model import Call, Session
 from agentcg.daemon.bus import EventBus
+from agentcg.daemon.homes import Homes
 from agentcg.daemon.layout import Layout
+from agentcg.daemon.reaper import Reaper
 from agentcg.daemon.state import State
 from agentcg.kernel.cgroup import Cgroup, CgroupError
 from agentcg.kernel.peer import Peer
@@ -62,14 +64,38 @@ class Registry:
     calls: dict[str, Call] = field(default_factory=dict)
     runtime: dict[str, CallRuntime] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # keeps spawned work alive
+    reaper: Reaper = field(default_factory=Reaper)
+    homes: Homes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.homes = Homes(self.layout, self.state)
 
     # ------------------------------------------------------------ identity
 
     def locate(self, peer: Peer) -> authz.Location:
-        return authz.locate(self.layout.sessions_prefix, peer.cgroup)
+        """Where the peer's cgroup puts it: its home, and the session and call it is in."""
+        place = self.homes.place(peer.cgroup)
+        return authz.Location(place.session, place.call, place.home)
 
     def is_admin(self, peer: Peer) -> bool:
         return authz.is_admin(peer, self.locate(peer), self.cfg.admin)
+
+    # ------------------------------------------------------------ sessions
+
+    def add_session(self, sess: Session) -> None:
+        self.sessions[sess.name] = sess
+        self.layout.homes[sess.name] = sess.home
+
+    def drop_session(self, sess: Session) -> None:
+        """Forget a session (its cgroup is being removed or is gone)."""
+        if self.sessions.get(sess.name) is sess:
+            del self.sessions[sess.name]
+
+    def default_session(self, uid: int, home: str | None) -> Session | None:
+        for s in self.sessions.values():
+            if s.default and s.owner_uid == uid and s.home == home:
+                return s
+        return None
 
     # ------------------------------------------------------------ lookups
 

@@ -13,15 +13,15 @@ import asyncio
 import contextlib
 import grp
 import logging
-import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from agentcg.core import protocol
+from agentcg.core.caps import agent_connections
 from agentcg.core.errors import AgentcgError
 from agentcg.daemon.app import Daemon
+from agentcg.daemon.listen import bind_socket
 from agentcg.daemon.registry import Connection
 from agentcg.kernel.peer import PeerGone, PeerHandle
 
@@ -35,34 +35,23 @@ class Server:
         self.daemon = daemon
         self.cfg = daemon.cfg.daemon
         self.active = 0
-        self.per_peer: dict[tuple[int, str | None], int] = {}
+        self.agents = 0  # connections of non-admins: they may not take the admins' share
+        self.per_peer: dict[tuple[int, str | None], int] = {}  # (uid, home)
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         path = Path(self.cfg.socket)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_socket(path)
-        self._server = await asyncio.start_unix_server(
-            self._serve, path=str(path), limit=self.cfg.max_frame
-        )
-        gid = grp.getgrnam(self.cfg.socket_group).gr_gid if self.cfg.socket_group else -1
-        os.chown(path, -1, gid)
-        os.chmod(path, self.cfg.socket_mode)
-        log.info("listening on %s", path)
-
-    @staticmethod
-    def _remove_stale_socket(path: Path) -> None:
-        if not path.exists():
-            return
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # left by a daemon that died
-            return
-        finally:
-            probe.close()
-        raise AgentcgError("conflict", f"another daemon is serving {path}; stop it first")
+            gid = grp.getgrnam(self.cfg.socket_group).gr_gid if self.cfg.socket_group else -1
+        except KeyError:
+            raise AgentcgError(
+                "invalid_value", f"daemon.socket_group {self.cfg.socket_group!r} does not exist"
+            ) from None
+        sock = bind_socket(path, gid, self.cfg.socket_mode)
+        self._server = await asyncio.start_unix_server(
+            self._serve, sock=sock, limit=self.cfg.max_frame
+        )
+        log.info("listening on %s", path)
 
     async def close(self) -> None:
         if self._server:
@@ -89,13 +78,17 @@ class Server:
         except PeerGone:
             writer.close()
             return
-        key = (peer.uid, peer.container)
+        key = (peer.uid, self.daemon.reg.locate(peer).home)
+        admin = self.daemon.is_admin(peer)
         refusal = None
         if self.active >= self.cfg.max_connections:
             refusal = "the daemon is at max_connections; retry shortly"
-        elif self.per_peer.get(
-            key, 0
-        ) >= self.cfg.max_connections_per_peer and not self.daemon.is_admin(peer):
+        elif not admin and self.agents >= agent_connections(self.daemon.cfg):
+            refusal = (
+                "the daemon is at max_connections for agents (daemon.admin_connections are "
+                "kept for admins); retry shortly"
+            )
+        elif self.per_peer.get(key, 0) >= self.cfg.max_connections_per_peer and not admin:
             refusal = (
                 f"you already hold {self.cfg.max_connections_per_peer} connections "
                 "(max_connections_per_peer); close some or reuse one"
@@ -107,6 +100,7 @@ class Server:
             writer.close()
             return
         self.active += 1
+        self.agents += not admin
         self.daemon.reg.stats.clients = self.active
         self.per_peer[key] = self.per_peer.get(key, 0) + 1
 
@@ -127,6 +121,7 @@ class Server:
             pass  # the peer vanished mid-reply; its calls are cleaned up below
         finally:
             self.active -= 1
+            self.agents -= not admin
             self.daemon.reg.stats.clients = self.active
             self.per_peer[key] -= 1
             if not self.per_peer[key]:

@@ -24,9 +24,10 @@ pytestmark = [pytest.mark.kernel, pytest.mark.requires("docker")]
 ROOT = Path(__file__).resolve().parents[2]
 
 # Runs inside the container as its root (= host uid 0, no user namespace): it must
-# still be an ordinary agent, confined to its container's default session.
+# still be an ordinary agent, confined to its container's default session, which nests
+# under the container's own cgroup so the container's limits hold for its tools.
 AGENT = """
-import json, subprocess
+import json, os, subprocess
 from agentcg.client import Client
 from agentcg.core.errors import AgentcgError
 c = Client()
@@ -45,6 +46,15 @@ out["call"] = call.id
 out["session"] = call.info["session"]
 out["tool_cgroup"] = proc.stdout.strip()
 out["outcome"] = call.outcome["exit_status"]
+# Attack: a tool call asking for more than the container has allocates 200 MiB.
+with c.tool_call(memory="1G", label="dd") as call:
+    out["dd"] = call.run(["dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"]).returncode
+# Attack: replace the daemon's socket with our own.
+try:
+    os.unlink("/run/agentcg/agentcg.sock")
+    out["unlink"] = "ok"
+except OSError as e:
+    out["unlink"] = e.strerror
 print(json.dumps(out))
 """
 
@@ -54,7 +64,7 @@ def _busybox_image() -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(shutil.which("busybox") or "/bin/busybox", arcname="bin/busybox")
-        for name in ("sh", "cat", "true"):
+        for name in ("sh", "cat", "true", "dd"):
             link = tarfile.TarInfo(f"bin/{name}")
             link.type, link.linkname = tarfile.SYMTYPE, "busybox"
             tar.addfile(link)
@@ -110,12 +120,14 @@ def test_container_agent_is_bound_to_its_container(
 ) -> None:
     ro = {"bind": None, "mode": "ro"}
     volumes = {p: {**ro, "bind": p} for p in ("/usr", "/lib", "/lib64", "/etc", str(ROOT))}
-    volumes[str(daemon.run_dir)] = {"bind": "/run/agentcg", "mode": "rw"}
+    # Agents get the socket's directory, and read-only is enough to connect.
+    volumes[str(daemon.run_dir)] = {"bind": "/run/agentcg", "mode": "ro"}
     container = engine.containers.run(
         "agentcg-test:busybox",
         ["/usr/bin/python3", "-c", AGENT],
         detach=True,
         network_mode="none",
+        mem_limit="128m",
         security_opt=["apparmor=unconfined"],  # the guest kernel has AppArmor, no parser
         volumes=volumes,
         environment={
@@ -134,13 +146,18 @@ def test_container_agent_is_bound_to_its_container(
         container.remove(force=True)
     cid = container.id
     assert seen["peer"]["uid"] == 0 and seen["peer"]["container"] == cid
-    # Root in a container is not an admin, and cannot take itself out of the container.
+    assert seen["peer"]["confined"] is True
+    # Root in a container is not an admin; adopting itself keeps it inside the container.
     assert seen["list"] == "unauthorized"
-    assert seen["adopt"] == "unauthorized"
-    # Its tool call ran in the container's default session, in its own leaf.
+    assert seen["adopt"] == "ok"
+    # Its tool call ran in the container's default session, nested under the container's
+    # cgroup (the container sees its own cgroup as /), in its own leaf.
     assert seen["session"] == f"ctr-{cid[:12]}"
-    assert seen["tool_cgroup"].endswith(f"/sessions/ctr-{cid[:12]}/tools/{seen['call']}")
+    assert seen["tool_cgroup"] == f"0::/agentcg/ctr-{cid[:12]}/tools/{seen['call']}"
     assert seen["outcome"] == 0
+    # The container's 128 MiB still bound the 1 GiB call: its 200 MiB allocation died.
+    assert seen["dd"] == -9
+    assert seen["unlink"] == "Read-only file system"
     # The host's root (admin) sees that session bound to the container.
     listed = subprocess.run(
         [sys.executable, "-m", "agentcg.cli.main", "status", "--json"],
