@@ -32,6 +32,11 @@ class Session:
     limit: int | None = None  # memory.max when no budget was planned (memory None)
     calls: set[str] = field(default_factory=set)
 
+    @property
+    def budget(self) -> int | None:
+        """The session's memory.max: its planned budget, else its cap."""
+        return self.memory if self.memory is not None else self.limit
+
     def record(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("calls")

@@ -124,7 +124,7 @@ class Escalation:
                 )
             )
         usage = reg.layout.session(sess.name).memory_current()
-        return Snapshot(sess.name, sess.memory, usage, sess.name in self._at_limit, tuple(states))
+        return Snapshot(sess.name, sess.budget, usage, sess.name in self._at_limit, tuple(states))
 
     def _first_look(self, call: Call) -> _Held:
         """What memory.high says when a call is first decided: its ask, or after a

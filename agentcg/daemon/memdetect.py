@@ -123,7 +123,7 @@ class MemDetect:
         self._unwatch(("call", call.id))
 
     def watch_session(self, sess: Session) -> None:
-        if sess.memory is not None:
+        if sess.budget is not None:
             self._watch(("session", sess.name), self.reg.layout.session(sess.name), pressure=False)
 
     def unwatch_session(self, name: str) -> None:

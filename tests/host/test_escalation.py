@@ -223,3 +223,12 @@ def test_the_decision_is_a_function_of_the_snapshot():
 def test_config_tuning():
     cfg = MemoryConfig(step=8 * MiB, thaw_room=24 * MiB)
     assert cfg.tuning() == Tuning(step=8 * MiB, thaw_room=24 * MiB)
+
+
+def test_a_session_without_a_planned_budget_is_bounded_by_its_cap():
+    from agentcg.core.model import Session
+
+    capped = Session("s", 0, None, None, None, None, 8, 0.0, limit=512 * MiB)
+    assert capped.budget == 512 * MiB
+    planned = Session("s", 0, None, 256 * MiB, None, None, 8, 0.0, limit=512 * MiB)
+    assert planned.budget == 256 * MiB
