@@ -39,8 +39,8 @@ def replay(trace_path: Path, speed: float, scale: float, chunk: int) -> dict[str
     if len(line) != 2 or line[0] != "go":
         raise SystemExit(f"tenant: expected 'go <t0_ns>' on stdin, got {line!r}")
     t0 = int(line[1]) / 1e9
-    while time.monotonic() < t0:
-        time.sleep(min(0.01, t0 - time.monotonic()))
+    while (left := t0 - time.monotonic()) > 0:
+        time.sleep(min(0.01, left))
     held: list[bytearray] = []
     latencies: list[float] = []
     lag = 0.0
