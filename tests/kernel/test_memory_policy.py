@@ -168,17 +168,18 @@ def test_low_dies_only_when_high_would_otherwise_oom(daemon: RunningDaemon) -> N
 
 def test_asks_overcommit_the_budget_but_protection_must_fit(daemon: RunningDaemon) -> None:
     with Client() as c:
-        session = c.open_session("overcommit", memory="1300M")
-        # Three 512M asks on a 1300M budget: refused as reservations before.
-        calls = [c.tool_call(session=session, memory="512M", label=f"t{i}") for i in range(3)]
+        # The VM's session cap is half its memory: 900M fits under it.
+        session = c.open_session("overcommit", memory="900M")
+        # Three 400M asks on a 900M budget: refused as reservations before.
+        calls = [c.tool_call(session=session, memory="400M", label=f"t{i}") for i in range(3)]
         for call in calls:
             call.begin()
         for call in calls:
             call.end(0)
-        first = c.tool_call(session=session, memory="800M", priority="critical", label="a")
+        first = c.tool_call(session=session, memory="600M", priority="critical", label="a")
         first.begin()
         with pytest.raises(AgentcgError) as e:
-            c.tool_call(session=session, memory="800M", priority="critical", label="b").begin()
+            c.tool_call(session=session, memory="600M", priority="critical", label="b").begin()
         assert e.value.code == "limit_exceeded"
-        assert "already protect 800 MiB" in e.value.message
+        assert "already protect 600 MiB" in e.value.message
         first.end(0)
