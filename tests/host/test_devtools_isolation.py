@@ -10,7 +10,7 @@ import pytest
 from agentcg.devtools.isolation_report import render, summarize, trace_name
 from agentcg.devtools.traces import TraceError, load_trace, parse_trace, parse_usage, target_at
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "traces"
+TRACES = Path(__file__).resolve().parent.parent / "data" / "traces"
 
 
 @pytest.mark.parametrize(
@@ -64,9 +64,8 @@ def test_parse_trace_rejects(data):
         parse_trace("bad", data)
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="no shared traces beside the checkout")
-def test_the_shared_traces_load():
-    t = load_trace(SHARED / "RDFLib__rdflib-1117")
+def test_the_recorded_traces_load():
+    t = load_trace(TRACES / "RDFLib__rdflib-1117")
     assert t.name == "RDFLib__rdflib-1117" and 60 < t.duration < 70
     assert 250e6 < t.peak < 270e6
 
