@@ -228,6 +228,26 @@ def bench_startup(runs: int, executable: Path | None, json_out: bool) -> None:
     click.echo(json.dumps(report, indent=2) if json_out else report["text"])
 
 
+@bench.command("cpu")
+@click.option("--rounds", type=int, default=3, help="latency rounds per scheduler")
+@click.option("--samples", type=int, default=100, help="wake-ups per round")
+@click.option("--window", type=float, default=10.0, help="seconds of the weights measurement")
+@click.option("--json", "json_out", is_flag=True)
+def bench_cpu(rounds: int, samples: int, window: float, json_out: bool) -> None:
+    """agentcg's sched_ext scheduler vs the default one, same cpu.weight values: wake-up
+    latency of a high-priority call among low-priority hogs, hog throughput, weights."""
+    from agentcg.core.config import load_config
+    from agentcg.devtools.bench_cpu import cpu
+
+    try:
+        report = cpu(load_config(), rounds, samples, window)
+    except AgentcgError as e:
+        raise click.ClickException(e.message) from None
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(report, indent=2) if json_out else report["text"])
+
+
 @bench.command(
     "isolation", context_settings={"ignore_unknown_options": True, "help_option_names": []}
 )

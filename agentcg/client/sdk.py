@@ -471,5 +471,6 @@ def recovered_outcome(call: ToolCall, exit_status: int | None) -> dict[str, Any]
         "killed_reason": None,
         "advice": None,
         "suggested_memory": None,
+        "sched": None,
         "recovered": True,
     }

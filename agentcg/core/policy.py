@@ -206,6 +206,7 @@ class Outcome:
     killed_reason: str | None  # one of KILL_REASONS, None when the tool ended by itself
     advice: str | None = None
     suggested_memory: int | None = None  # bytes a retry should ask for, after an OOM
+    sched: dict[str, int] | None = None  # agentcg's CPU scheduler: run/wait/dispatches
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -83,13 +83,20 @@ def call_sched(intent: Intent, cfg: Config) -> CallSched:
 
 
 def runs_on_ext(limits: CallLimits, session_cpu: float | None, sc: SchedConfig) -> bool:
-    """Whether the daemon puts the call's tool process on SCHED_EXT.
+    """Whether the call's tasks are the scheduler's (and get its settings).
 
     The scheduler honours cpu.weight but does not enforce cpu.max, so a call capped
     in cores (its own intent.cpu or its session's cpu) stays on the fair class, which
-    does. With switch_all every task is the scheduler's anyway.
+    does, unless switch_all hands every task on the host to the scheduler.
     """
-    return sc.enabled and not sc.switch_all and limits.cpu_max is None and session_cpu is None
+    capped = limits.cpu_max is not None or session_cpu is not None
+    return sc.enabled and (sc.switch_all or not capped)
+
+
+def needs_policy(limits: CallLimits, session_cpu: float | None, sc: SchedConfig) -> bool:
+    """Whether the daemon puts the call's tool process on SCHED_EXT: with switch_all
+    the scheduler takes every task without it."""
+    return runs_on_ext(limits, session_cpu, sc) and not sc.switch_all
 
 
 def reload_delay(failures: int, sc: SchedConfig) -> float:

@@ -28,6 +28,7 @@ from agentcg.daemon.listen import ensure_fd_budget
 from agentcg.daemon.lock import DaemonLock
 from agentcg.daemon.recovery import recover
 from agentcg.daemon.registry import Connection, Registry
+from agentcg.daemon.sched import SchedService
 from agentcg.daemon.sessions import Sessions
 from agentcg.daemon.state import State, check_separate
 from agentcg.daemon.stats import Stats
@@ -49,9 +50,10 @@ class Daemon:
         )
         self.escalation = Escalation(self.reg)
         self.events = KernelEvents(self.reg, self.escalation)
-        self.ending = Ending(self.reg, self.events)
+        self.sched = SchedService(self.reg)
+        self.ending = Ending(self.reg, self.events, self.sched)
         self.sessions = Sessions(self.reg, self.events, self.ending)
-        self.calls = Calls(self.reg, self.events, self.sessions, self.ending)
+        self.calls = Calls(self.reg, self.events, self.sessions, self.ending, self.sched)
         self.stats = Stats(self.reg)
         self.handlers: dict[str, Handler] = {
             "hello": self.sessions.hello,
@@ -85,6 +87,7 @@ class Daemon:
         self.events.start(watcher)
         self.reg.reaper.start(watcher)
         recover(self.reg, self.events, self.calls)
+        self.sched.start()
 
     def serving(self) -> None:
         """The socket accepts connections: the reclaim grace of recovered calls starts."""
@@ -108,3 +111,4 @@ class Daemon:
     async def shutdown(self) -> None:
         """Graceful stop: calls keep running; a restarted daemon adopts them."""
         self.events.close()
+        await self.sched.stop()

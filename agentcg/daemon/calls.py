@@ -17,6 +17,7 @@ from agentcg.core.policy import Committed, decide
 from agentcg.daemon.ending import Ending
 from agentcg.daemon.events import KernelEvents
 from agentcg.daemon.registry import CallRuntime, Connection, Registry
+from agentcg.daemon.sched import SchedService
 from agentcg.daemon.sessions import Sessions
 from agentcg.daemon.views import call_view
 from agentcg.kernel.cgroup import CgroupError
@@ -28,12 +29,18 @@ log = logging.getLogger("agentcg.daemon")
 
 class Calls:
     def __init__(
-        self, reg: Registry, events: KernelEvents, sessions: Sessions, ending: Ending
+        self,
+        reg: Registry,
+        events: KernelEvents,
+        sessions: Sessions,
+        ending: Ending,
+        sched: SchedService,
     ) -> None:
         self.reg = reg
         self.events = events
         self.sessions = sessions
         self.ending = ending
+        self.sched = sched
 
     # ------------------------------------------------------------ ops
 
@@ -98,6 +105,7 @@ class Calls:
                 ) from e
             raise AgentcgError("internal", f"could not watch the call's cgroup: {e}") from e
         reg.calls[call.id] = call
+        self.sched.begin(call)
         reg.runtime[call.id] = CallRuntime(conn=conn)
         sess.calls.add(call.id)
         conn.calls.add(call.id)
@@ -147,6 +155,7 @@ class Calls:
             set_oom_score_adj(peer.pid, self.reg.cfg.priorities[call.intent.priority].oom_score_adj)
         except CgroupError as e:
             log.warning("call %s: %s", call.id, e.message)
+        self.sched.attach(call, peer.pid)
         call.state = "running"
         return {"call": call.id, "cgroup": str(ccg.path)}
 

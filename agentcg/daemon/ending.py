@@ -10,14 +10,16 @@ from agentcg.core.policy import Outcome
 from agentcg.daemon.events import KernelEvents
 from agentcg.daemon.outcome import read_outcome
 from agentcg.daemon.registry import CallRuntime, Connection, Registry
+from agentcg.daemon.sched import SchedService
 
 DRAIN_TIMEOUT_S = 5.0  # how long ending a call waits for what is left of it to die
 
 
 class Ending:
-    def __init__(self, reg: Registry, events: KernelEvents) -> None:
+    def __init__(self, reg: Registry, events: KernelEvents, sched: SchedService) -> None:
         self.reg = reg
         self.events = events
+        self.sched = sched
 
     async def finish(
         self, call: Call, exit_status: int | None = None, kill_reason: str | None = None
@@ -39,6 +41,7 @@ class Ending:
         # cgroup is removed in the background once it is gone.
         await reg.reaper.drain(cg, DRAIN_TIMEOUT_S)
         outcome = read_outcome(call, cg, exit_status)
+        outcome.sched = self.sched.finish(call, cg)
         reg.stats.call_ended(call.session, outcome)
         reg.reaper.discard(cg)
         reg.calls.pop(call.id, None)

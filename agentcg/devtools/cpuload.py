@@ -2,7 +2,7 @@
 
 A worker is a forked child that puts itself into a cgroup, optionally pins itself to
 CPUs and switches to SCHED_EXT, then runs a body and sends its result back through a
-pipe as JSON. Bodies: ``hog`` burns CPU counting loop iterations until SIGTERM;
+pipe as JSON. Bodies: ``hog`` burns CPU counting loop iterations until SIGTERM (its throughput);
 ``probe`` sleeps a fixed period over and over and records how late each wake-up was
 (the time from its timer firing to it running again, plus constant interpreter cost).
 Forking (no exec) keeps start-up cheap under emulation.
@@ -76,8 +76,8 @@ def start(cg: Cgroup, body: Body, *, ext: bool, cpus: set[int] | None = None) ->
     return Worker(pid, r)
 
 
-def hog() -> int:
-    """Count loop iterations until SIGTERM."""
+def hog() -> tuple[int, float]:
+    """Count loop iterations until SIGTERM: (iterations, seconds it ran for)."""
     stop = False
 
     def on_term(_sig: int, _frame: object) -> None:
@@ -85,10 +85,11 @@ def hog() -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
+    t0 = time.monotonic()
     n = 0
     while not stop:
         n += 1
-    return n
+    return n, time.monotonic() - t0
 
 
 def probe(samples: int, period_s: float, delay_s: float = 0.0) -> Body:

@@ -413,8 +413,8 @@ def test_clean_run_has_no_advice():
 def test_outcome_to_dict():
     o = outcome(advice="x")
     d = o.to_dict()
-    assert d["call"] == "c0123456789ab" and d["advice"] == "x" and len(d) == 16
-    assert d["suggested_memory"] is None
+    assert d["call"] == "c0123456789ab" and d["advice"] == "x" and len(d) == 17
+    assert d["suggested_memory"] is None and d["sched"] is None
     assert CallLimits(1, 2, 0, 100, (1000, 100000), None, None).to_dict()["cpu_max"] == (
         1000,
         100000,

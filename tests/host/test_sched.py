@@ -15,6 +15,7 @@ from agentcg.core.sched import (
     call_sched,
     failures_after_stop,
     knobs,
+    needs_policy,
     reload_delay,
     runs_on_ext,
 )
@@ -63,14 +64,16 @@ def test_knobs():
 def test_cpu_capped_calls_stay_on_the_fair_class():
     cfg = load_config(overrides={})
     sc = cfg.sched
-    free = decide(parse_intent({}, cfg), cfg, None, 0)
-    capped = decide(parse_intent({"cpu": 0.5}, cfg), cfg, None, 0)
-    assert runs_on_ext(free, None, sc)
+    free = decide(parse_intent({}, cfg), cfg, None)
+    capped = decide(parse_intent({"cpu": 0.5}, cfg), cfg, None)
+    assert runs_on_ext(free, None, sc) and needs_policy(free, None, sc)
     assert not runs_on_ext(capped, None, sc)  # cpu.max is enforced by the fair class only
     assert not runs_on_ext(free, 2.0, sc)  # the session is capped
+    assert not needs_policy(capped, None, sc) and not needs_policy(free, 2.0, sc)
     assert not runs_on_ext(free, None, dataclasses.replace(sc, enabled=False))
-    # switch_all: every task is on the scheduler already; nothing to set.
-    assert not runs_on_ext(free, None, dataclasses.replace(sc, switch_all=True))
+    # switch_all: every task is the scheduler's, capped or not, without SCHED_EXT.
+    every = dataclasses.replace(sc, switch_all=True)
+    assert runs_on_ext(capped, 2.0, every) and not needs_policy(free, None, every)
 
 
 def test_reload_backoff_doubles_up_to_the_cap():

@@ -14,6 +14,8 @@ BASE_CONFIG = 'socket_mode = "0666"\nreclaim_grace_s = 5'
 # Compiling the memory probe takes minutes under emulation: daemons of the kernel tier
 # watch memory through the fallback unless a test asks for "[memory]\nbpf = true".
 NO_BPF = "[memory]\nbpf = false"
+# Likewise agentcg's sched_ext scheduler: only tests that ask for "[sched]" load it.
+NO_SCHED = "[sched]\nenabled = false"
 
 
 class RunningDaemon(DaemonProcess):
@@ -22,6 +24,7 @@ class RunningDaemon(DaemonProcess):
 
     def __init__(self, tmp: Path, extra_config: str = "") -> None:
         extra = extra_config if "[memory]" in extra_config else f"{extra_config}\n{NO_BPF}"
+        extra = extra if "[sched]" in extra else f"{extra}\n{NO_SCHED}"
         super().__init__("test", tmp, f"{BASE_CONFIG}\n{extra}")
 
     def start(self, *args: str, preexec: Callable[[], None] | None = None) -> None:

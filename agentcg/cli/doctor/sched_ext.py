@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agentcg.bpf.sched import NAME as SCHED_NAME
 from agentcg.cli.doctor.base import OK, WARN, Check, Findings, Host
 from agentcg.kernel import btf as btfmod
 
@@ -60,8 +61,11 @@ def sched_ext_check(b: btfmod.BTF, btf_src: str) -> Check:
             ops = (SCHED_EXT_SYSFS / "root" / "ops").read_text().strip()
         except OSError:
             ops = "unknown"
-        fact += f"; scheduler {ops!r} is already loaded, agentcg's cannot register while it runs"
-        status = WARN
+        if ops == SCHED_NAME:
+            fact += "; agentcg's scheduler is running (its daemon loaded it)"
+        else:
+            fact += f"; scheduler {ops!r} is loaded, agentcg's cannot register while it runs"
+            status = WARN
     if b.has_member("sched_ext_ops", "cgroup_set_bandwidth"):
         fact += "; ops.cgroup_set_bandwidth supported"
     return Check("sched_ext", status, fact, src, ("sched_ext",))
