@@ -11,8 +11,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from agentcg.devtools import daemonproc
 from agentcg.kernel.cgroup import Cgroup, find_cgroup2_mount
 from tests.kernel.test_robustness import WAIT_S, Chan, Raw
+
+# These tests restart daemons; on a loaded emulated VM its imports alone took 2 minutes.
+daemonproc.START_TIMEOUT_S = max(daemonproc.START_TIMEOUT_S, 600.0)
 
 CONTROLLERS = ("memory", "cpu", "pids")
 NOBODY = 65534

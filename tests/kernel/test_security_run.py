@@ -40,19 +40,20 @@ def test_signals_reach_the_tool_and_a_closed_session_gives_137(
     script = (
         f'for s in INT HUP QUIT; do trap "echo $s >> {log}" $s; done; '
         f'trap "echo TERM >> {log}; exit 42" TERM; '
+        f"echo ready >> {log}; "
         "while :; do sleep 0.1; done"
     )
     wrapper = subprocess.Popen(
         [*RUN, "--session", "wrapped", "--", "sh", "-c", script], start_new_session=True
     )
-    wait_until(lambda: bool(daemon.tool_cgroups()), timeout=TIMEOUT_S, what="the tool to start")
+    wait_until(lambda: log.exists(), timeout=TIMEOUT_S, what="the tool to set its traps")
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         wrapper.send_signal(sig)
         name = sig.name.removeprefix("SIG")
         wait_until(lambda n=name: log.exists() and n in log.read_text(), what=f"{name} forwarded")
     wrapper.send_signal(signal.SIGTERM)
     assert wrapper.wait(TIMEOUT_S) == 42  # the tool's own status
-    assert log.read_text().split() == ["INT", "HUP", "QUIT", "TERM"]
+    assert log.read_text().split() == ["ready", "INT", "HUP", "QUIT", "TERM"]
 
     # Ended by the daemon (its session closed): the tool's 137, not the wrapper's 1.
     sleeper = subprocess.Popen(
