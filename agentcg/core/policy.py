@@ -238,7 +238,9 @@ def suggested_memory(outcome: Outcome, limits: CallLimits) -> int | None:
     The peak of an OOM-killed call is its limit, not its need, so the suggestion
     is at least one step above the old ask; an agent may need a few retries.
     """
-    if outcome.killed_reason != "oom" and outcome.oom_kills == 0:
+    if outcome.killed_reason not in ("oom", None) or (
+        outcome.killed_reason is None and outcome.oom_kills == 0
+    ):
         return None
     ask = outcome.memory_requested if outcome.memory_requested is not None else limits.memory_high
     return retry_size(outcome.peak_memory, (ask or 0) + RETRY_STEP)
@@ -263,7 +265,7 @@ def advise(outcome: Outcome, limits: CallLimits, intent: Intent) -> str | None:
     duration_us = max(o.duration_s, 0.0) * 1e6
     parts: list[str] = []
 
-    if o.killed_reason == "oom" or o.oom_kills > 0:
+    if o.killed_reason == "oom" or (o.oom_kills > 0 and o.killed_reason is None):
         sugg = size_arg(suggested_memory(o, limits) or 0)
         if o.killed_reason == "oom":
             head = f"{label} used {format_size(peak)}{of_its} and was OOM-killed"

@@ -438,6 +438,15 @@ def test_suggested_memory_after_oom_is_above_the_old_ask():
     assert suggested_memory(outcome(), limits) is None
 
 
+def test_a_pressure_kill_is_not_advised_as_an_oom_of_its_own():
+    # The session's OOM killed the call's processes (oom_kills > 0): room, not a bigger ask.
+    o = outcome(killed_reason="pressure", oom_kills=2, peak_memory=161 * MiB)
+    lim = CallLimits(200 * MiB, 250 * MiB, 0, 25, None, None, None)
+    text = advise(o, lim, intent(label="build"))
+    assert text is not None and "lowest-priority" in text and "OOM-killed" not in text
+    assert suggested_memory(o, lim) is None
+
+
 def test_pressure_kill_advice():
     o = outcome(killed_reason="pressure", peak_memory=300 * MiB, frozen=True)
     text = advise(o, CallLimits(GiB, GiB, 0, 100, None, None, None), intent(label="pytest"))

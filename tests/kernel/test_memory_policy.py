@@ -70,10 +70,13 @@ def test_a_call_over_its_ask_ends_at_its_ceiling_with_advice(daemon: RunningDaem
     out = call.outcome
     assert out is not None
     assert proc.returncode == -9
-    assert out["killed_reason"] == "oom" and out["oom_kills"] >= 1
+    # Killed at its memory.max: by the kernel's OOM, or (with BPF, faster) by the daemon
+    # seeing it stuck there with nothing reclaimable.
+    assert out["killed_reason"] == "oom"
     assert "--memory" in out["advice"]
     seen = names(call)
-    assert seen.index("limit_raised") < seen.index("oom"), seen
+    end = next(i for i, n in enumerate(seen) if n in ("oom", "killed"))
+    assert seen.index("limit_raised") < end, seen
     raised = next(e["data"] for e in call.events if e["event"] == "limit_raised")
     assert raised["previous"] == 64 << 20 and raised["memory_high"] == raised["memory_max"]
     assert seen.count("limit_raised") == 1 and "throttled" not in seen
