@@ -128,6 +128,7 @@ def summary(snap: Snap) -> str:
     return (
         f"sessions: {d['sessions']}, tool calls running: {d['calls_running']}, "
         f"clients: {d['clients']}, sched_ext: {d['sched_ext']['state']}"
+        + (f" (agentcg: {d['sched_ext']['agentcg']})" if d["sched_ext"].get("agentcg") else "")
     )
 
 

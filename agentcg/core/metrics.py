@@ -205,7 +205,12 @@ class DaemonStats:
         self._high_seen: dict[str, int] = {}  # call id -> memory.high events counted
         self._oom_seen: set[str] = set()  # calls whose OOM kill was counted
         self.bpf: dict[str, BpfProgram] = {}
-        self.sched_ext: dict[str, Any] = {"state": "unsupported", "ops": None, "counters": {}}
+        self.sched_ext: dict[str, Any] = {
+            "state": "unsupported",
+            "ops": None,
+            "agentcg": None,
+            "counters": {},
+        }
 
     # ------------------------------------------------------------ recording
 
@@ -299,11 +304,22 @@ class DaemonStats:
         self.bpf[name] = BpfProgram(kind, attached, dict(counters or {}))
 
     def set_sched_ext(
-        self, state: str, *, ops: str | None = None, counters: Mapping[str, int] | None = None
+        self,
+        state: str,
+        *,
+        ops: str | None = None,
+        agentcg: str | None = None,
+        counters: Mapping[str, int] | None = None,
     ) -> None:
         """``state`` as /sys/kernel/sched_ext/state says (enabled, disabled, ...) or
-        "unsupported"; ``ops`` the scheduler's name when one is loaded."""
-        self.sched_ext = {"state": state, "ops": ops, "counters": dict(counters or {})}
+        "unsupported"; ``ops`` the scheduler's name when one is loaded; ``agentcg`` what
+        the daemon's scheduler is doing and, when it is not running, why (one line)."""
+        self.sched_ext = {
+            "state": state,
+            "ops": ops,
+            "agentcg": agentcg,
+            "counters": dict(counters or {}),
+        }
 
     # ------------------------------------------------------------ reading
 

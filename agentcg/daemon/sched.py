@@ -151,7 +151,8 @@ class SchedService:
         if self.state == "running":
             with contextlib.suppress(AgentcgError):
                 counters.update(self.scheduler.counters())
-        self.reg.stats.set_sched_ext(ks.state, ops=ks.ops, counters=counters)
+        agentcg = f"{self.state}: {self.reason}" if self.reason else self.state
+        self.reg.stats.set_sched_ext(ks.state, ops=ks.ops, agentcg=agentcg, counters=counters)
 
     def view(self) -> dict[str, Any]:
         """For status and doctor: what runs, and if not, why."""

@@ -4,9 +4,11 @@ import dataclasses
 
 import pytest
 
+from agentcg.cli.render import summary
 from agentcg.core.config import load_config
 from agentcg.core.errors import ConfigError
 from agentcg.core.intent import parse_intent
+from agentcg.core.metrics import DaemonStats
 from agentcg.core.policy import decide
 from agentcg.core.sched import (
     STABLE_S,
@@ -107,3 +109,11 @@ def test_sched_config_defaults():
     sc = load_config(overrides={}).sched
     assert sc.enabled and not sc.switch_all
     assert load_config(overrides={"sched.enabled": False}).sched.enabled is False
+
+
+def test_status_line_says_what_the_scheduler_does():
+    s = DaemonStats()
+    s.set_sched_ext("disabled", agentcg="fallback: stopped after 3 s (scheduler error)")
+    snap = s.snapshot([], everything=True, version="0", open_sessions=0, calls_running=0)
+    line = summary(snap)
+    assert "sched_ext: disabled (agentcg: fallback: stopped after 3 s (scheduler error))" in line
