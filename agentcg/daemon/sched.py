@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 from agentcg.bpf import sched as scx
 from agentcg.core.errors import AgentcgError
@@ -58,6 +57,7 @@ class SchedService:
         self._next_load = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._work: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -73,11 +73,12 @@ class SchedService:
 
     async def stop(self) -> None:
         """Unregister the scheduler: tool calls go on running on the fair class."""
-        if self._timer:
-            self._timer.cancel()
+        self._stopping = True
         if self._work:
             with contextlib.suppress(Exception):
                 await self._work
+        if self._timer:
+            self._timer.cancel()
         if self.state in ("running", "fallback"):
             try:
                 await asyncio.to_thread(self.scheduler.unload)
@@ -102,9 +103,9 @@ class SchedService:
             await asyncio.to_thread(
                 self.scheduler.load, knobs(self.sc), self.sc.switch_all, not fresh
             )
-        except AgentcgError as e:
+        except (AgentcgError, OSError) as e:
             self.failures += 1
-            self._fall_back(f"cannot load: {e.message}")
+            self._fall_back(f"cannot load: {e.message if isinstance(e, AgentcgError) else e}")
         else:
             self.loads += 1
             self.state, self.reason = "running", None
@@ -129,7 +130,8 @@ class SchedService:
         )
 
     def _poll_later(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(POLL_S, self._poll)
+        if not self._stopping:
+            self._timer = asyncio.get_running_loop().call_later(POLL_S, self._poll)
 
     def _poll(self) -> None:
         ks = scx.kernel_state()
@@ -153,18 +155,6 @@ class SchedService:
                 counters.update(self.scheduler.counters())
         agentcg = f"{self.state}: {self.reason}" if self.reason else self.state
         self.reg.stats.set_sched_ext(ks.state, ops=ks.ops, agentcg=agentcg, counters=counters)
-
-    def view(self) -> dict[str, Any]:
-        """For status and doctor: what runs, and if not, why."""
-        ks = scx.kernel_state()
-        return {
-            "state": self.state,
-            "mode": "all" if self.sc.switch_all else "partial",
-            "kernel": ks.state,
-            "ops": ks.ops,
-            "reason": self.reason,
-            "loads": self.loads,
-        }
 
     # ------------------------------------------------------------ per call
 
