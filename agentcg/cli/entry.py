@@ -16,6 +16,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+DEFAULT_WAIT_S = 300.0  # the daemon caps it at its session.max_wait_s
+
 USAGE = "Usage: agentcg run [OPTIONS] [--] COMMAND [ARGS]..."
 RUN_HELP = f"""{USAGE}
 
@@ -30,6 +32,10 @@ Options:
   --timeout FLOAT        seconds before the call is killed
   --latency-sensitive    interactive call
   -s, --session TEXT     session name [default: $AGENTCG_SESSION or your own]
+  --wait SECONDS         when the session already runs its max_calls, wait up to this
+                         long for a slot, in arrival order (0: fail at once)
+                         [default: {DEFAULT_WAIT_S:g}; the daemon caps it at its
+                         session.max_wait_s]
   --json                 print the outcome as JSON on stderr
   -h, --help             show this message and exit
 """
@@ -47,6 +53,7 @@ _VALUED: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--timeout": ("timeout", float),
     "--session": ("session", str),
     "-s": ("session", str),
+    "--wait": ("wait_s", float),
 }
 _FLAGS = {
     "--latency-sensitive": "latency_sensitive",
@@ -55,7 +62,7 @@ _FLAGS = {
     "--help": "help",
 }
 _KINDS: dict[Callable[[str], Any], str] = {str: "text", float: "number", int: "integer"}
-_NOT_INTENT = ("session", "json", "help")
+_NOT_INTENT = ("session", "json", "help", "wait_s")
 
 
 class UsageError(Exception):
@@ -114,10 +121,18 @@ def run_main(argv: list[str]) -> int:
 
     intent = {k: v for k, v in opts.items() if k not in _NOT_INTENT}
     try:
-        return run_tool(command, opts.get("session"), bool(opts.get("json")), intent)
+        return run_tool(
+            command,
+            opts.get("session"),
+            bool(opts.get("json")),
+            intent,
+            wait_s=opts.get("wait_s", DEFAULT_WAIT_S),
+        )
     except AgentcgError as e:
         print(f"Error: {e.message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # ^C while it waited for a slot: nothing ran
+        return 130
 
 
 def main() -> None:

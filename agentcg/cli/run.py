@@ -29,7 +29,9 @@ SI_KERNEL = 0x80  # si_code of a signal the kernel sent itself, e.g. the tty's ^
 
 
 def _on_event(msg: dict[str, Any]) -> None:
-    if msg["event"] in ("limit_raised", "throttled", "frozen", "thawed", "oom", "killed"):
+    if msg["event"] == "waiting":  # the session is full: call.begin waits for a slot
+        print(f"agentcg: {msg['data']['message']}", file=sys.stderr, flush=True)
+    elif msg["event"] in ("limit_raised", "throttled", "frozen", "thawed", "oom", "killed"):
         print(
             f"agentcg: tool call {msg['event']}: {json.dumps(msg['data'])}",
             file=sys.stderr,
@@ -47,9 +49,14 @@ def _status(returncode: int) -> int:
 
 
 def run_tool(
-    command: Sequence[str], session: str | None, json_out: bool, intent: dict[str, Any]
+    command: Sequence[str],
+    session: str | None,
+    json_out: bool,
+    intent: dict[str, Any],
+    wait_s: float = 0.0,
 ) -> int:
-    """Run `command` as one tool call; the exit status for the wrapper."""
+    """Run `command` as one tool call; the exit status for the wrapper. When the session
+    already runs its max_calls, wait up to `wait_s` for a slot (the daemon says so)."""
     from agentcg.client import Client
 
     # Blocked before the client's reader thread exists, so no thread takes these
@@ -66,7 +73,13 @@ def run_tool(
                 os.execvp(command[0], list(command))
             except OSError as e:
                 return _cannot_run(command, e)
-        call = client.tool_call(session=session, **intent).begin()
+        call = client.tool_call(session=session, wait_s=wait_s, **intent)
+        # Interruptible while it may wait for a slot (^C raises KeyboardInterrupt here).
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        try:
+            call.begin()
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, waited)
         attach = call.preexec()
 
         def child() -> None:

@@ -210,6 +210,10 @@ class Client:
 
     def request(self, op: str, **args: Any) -> dict[str, Any]:
         """Send one request and wait for its answer; raises AgentcgError."""
+        return self._call(op, args, 0.0)
+
+    def _call(self, op: str, args: dict[str, Any], patience: float) -> dict[str, Any]:
+        """request(), for one that the daemon may hold up to `patience` s before it answers."""
         for attempt in range(2):
             if not self._connected.wait(RECONNECT_WINDOW_S):
                 raise AgentcgError(
@@ -218,7 +222,7 @@ class Client:
                     "back; check `systemctl status agentcg`",
                 )
             try:
-                return self._request(op, args)
+                return self._request(op, args, patience)
             except _NotSent as e:
                 # The daemon went away before our reader noticed; nothing was
                 # processed, so one retry on the next connection is safe.
@@ -229,7 +233,7 @@ class Client:
                     time.sleep(0.05)
         raise AssertionError("unreachable")
 
-    def _request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    def _request(self, op: str, args: dict[str, Any], patience: float = 0.0) -> dict[str, Any]:
         rid = next(self._ids)
         q: queue.Queue[dict[str, Any] | None] = queue.Queue()
         frame = json.dumps({"v": PROTOCOL_VERSION, "id": rid, "op": op, "args": args}).encode()
@@ -247,7 +251,7 @@ class Client:
                     gen=gen,
                 ) from e
             try:
-                msg = q.get(timeout=self.timeout)
+                msg = q.get(timeout=self.timeout + patience)
             except queue.Empty:
                 raise AgentcgError(
                     "timeout",
@@ -273,12 +277,18 @@ class Client:
     def close_session(self, name: str) -> dict[str, Any]:
         return self.request("session.close", session=name)
 
-    def tool_call(self, session: str | None = None, **intent: Any) -> ToolCall:
-        """intent: memory, priority, latency_sensitive, cpu, pids, timeout, label."""
+    def tool_call(self, session: str | None = None, wait_s: float = 0.0, **intent: Any) -> ToolCall:
+        """intent: memory, priority, latency_sensitive, cpu, pids, timeout, label.
+
+        When the session already runs its max_calls, begin() waits up to `wait_s`
+        seconds for a slot, first come first served (the daemon caps the wait at its
+        session.max_wait_s and sends a "waiting" event first); 0 fails at once with
+        limit_exceeded."""
         return ToolCall(
             self,
             session or os.environ.get("AGENTCG_SESSION"),
             {k: v for k, v in intent.items() if v is not None},
+            wait_s,
         )
 
     def close(self) -> None:
@@ -299,10 +309,13 @@ class Client:
 class ToolCall:
     """One tool call: begin on enter, run one or more processes in it, end on exit."""
 
-    def __init__(self, client: Client, session: str | None, intent: dict[str, Any]) -> None:
+    def __init__(
+        self, client: Client, session: str | None, intent: dict[str, Any], wait_s: float = 0.0
+    ) -> None:
         self.client = client
         self.session = session
         self.intent = intent
+        self.wait_s = wait_s
         self.events: list[dict[str, Any]] = []
         self.outcome: dict[str, Any] | None = None
         self.id = ""
@@ -314,7 +327,9 @@ class ToolCall:
         args: dict[str, Any] = {"intent": self.intent}
         if self.session:
             args["session"] = self.session
-        self.info = self.client.request("call.begin", **args)
+        if self.wait_s:
+            args["wait_s"] = self.wait_s
+        self.info = self.client._call("call.begin", args, self.wait_s)
         self.id, self.token = self.info["call"], self.info["token"]
         self._began_on = self.client._gen  # which connection (daemon instance) saw the begin
         self.client._calls[self.id] = self

@@ -88,6 +88,8 @@ class SessionConfig:
     # (the host's, or the nearest ancestor's memory.max); without a memory ask it gets it.
     max_memory_fraction: float = 0.5
     max_pids: int = 32768
+    # A call.begin may wait this long (at most) for a free slot, first come first served.
+    max_wait_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
             "default_memory": _nullable(_size),
             "max_memory": _nullable(_size),
             "max_calls": _int(1, 1_000_000),
+            "max_wait_s": _seconds(0.0, 86400.0, lo_open=False),
             "default_pids": _int(1, MAX_PIDS),
             "max_per_owner": _int(1, 1_000_000),
             "memory_overcommit": _overcommit,

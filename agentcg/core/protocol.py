@@ -48,9 +48,20 @@ DEFAULT_MAX_FRAME = 65536
 MAX_ID_LEN = 64
 MAX_INT_ID = 2**63 - 1
 MAX_CLIENT_LEN = 128
+MAX_WAIT_S = 86400.0  # call.begin wait_s; the daemon caps it at session.max_wait_s
 
 EVENTS = frozenset(
-    {"limit_raised", "throttled", "released", "frozen", "thawed", "killed", "oom", "ended"}
+    {
+        "limit_raised",
+        "throttled",
+        "released",
+        "frozen",
+        "thawed",
+        "killed",
+        "oom",
+        "ended",
+        "waiting",
+    }
 )
 ENVELOPE_KEYS = frozenset({"v", "id", "op", "args"})
 
@@ -149,7 +160,11 @@ OPS: Mapping[str, OpSpec] = {
     ),
     "session.close": _spec(session=_req(_session)),
     "session.status": _spec(session=_req(_session)),
-    "call.begin": _spec(session=_opt(_session), intent=_req(_object)),
+    "call.begin": _spec(
+        session=_opt(_session),
+        intent=_req(_object),
+        wait_s=_opt(lambda what, v: check_number(what, v, 0.0, MAX_WAIT_S, lo_open=False)),
+    ),
     "call.attach": _spec(call=_req(_call_id), token=_req(_token)),
     "call.end": _spec(
         call=_req(_call_id),
@@ -329,7 +344,8 @@ def err(id: int | str | None, error: AgentcgError) -> dict[str, Any]:
     return {"id": id, "ok": False, "error": error.to_dict()}
 
 
-def event(name: str, call: str, data: Mapping[str, Any]) -> dict[str, Any]:
+def event(name: str, call: str | None, data: Mapping[str, Any]) -> dict[str, Any]:
+    """An event frame; `call` is null for events about a request not yet a call."""
     if name not in EVENTS:
         raise ValueError(f"unknown event {name!r}")
     return {"event": name, "call": call, "data": dict(data)}

@@ -12,8 +12,9 @@ from typing import Any
 from agentcg.core import authz, caps
 from agentcg.core.errors import AgentcgError
 from agentcg.core.intent import parse_intent
-from agentcg.core.model import Call
+from agentcg.core.model import Call, Session
 from agentcg.core.policy import Committed, decide
+from agentcg.core.protocol import event
 from agentcg.daemon.ending import Ending
 from agentcg.daemon.events import KernelEvents
 from agentcg.daemon.registry import CallRuntime, Connection, Registry
@@ -65,12 +66,15 @@ class Calls:
                 f"session {sess.name!r} lives outside your cgroup {where.home or peer.cgroup}; "
                 "begin calls in a session opened from where you run",
             )
-        if len(sess.calls) >= sess.max_calls:
-            raise AgentcgError(
-                "limit_exceeded",
-                f"session {sess.name!r} already runs {len(sess.calls)} "
-                "tool calls (its max_calls); wait for one to end",
-            )
+        # A full session: wait for a slot in line (up to wait_s), or fail now.
+        wait_s = min(args.get("wait_s", 0.0), reg.cfg.session.max_wait_s)
+        await reg.admission.admit(
+            sess.name,
+            lambda: _no_slot(sess),
+            wait_s,
+            lambda why, position: _tell_waiting(conn, sess.name, why, position, wait_s),
+        )
+        # Admitted: from here on nothing awaits until the call holds its slot.
         if len(reg.calls) >= reg.cfg.daemon.max_calls and not admin:
             raise AgentcgError(
                 "limit_exceeded",
@@ -219,3 +223,24 @@ class Calls:
         if call and self.reg.conn_of(call) is None:
             log.info("call %s was not reclaimed after restart; killing it", call_id)
             self.reg.spawn(self.ending.finish_if_live(call, "disconnect"))
+
+
+def _no_slot(sess: Session) -> str | None:
+    if len(sess.calls) < sess.max_calls:
+        return None
+    return f"session {sess.name!r} already runs {len(sess.calls)} tool calls (its max_calls)"
+
+
+def _tell_waiting(conn: Connection, session: str, why: str, position: int, wait_s: float) -> None:
+    conn.push(
+        event(
+            "waiting",
+            None,
+            {
+                "session": session,
+                "position": position,
+                "wait_s": wait_s,
+                "message": f"{why}; waiting up to {wait_s:g} s for a slot ({position} in line)",
+            },
+        )
+    )

@@ -48,6 +48,7 @@ class Ending:
         sess = reg.sessions.get(call.session)
         if sess:
             sess.calls.discard(call.id)
+            reg.admission.wake(sess.name)
         if rt.conn:
             rt.conn.calls.discard(call.id)
         reg.push(

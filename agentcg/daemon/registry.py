@@ -19,6 +19,7 @@ from agentcg.core.config import Config
 from agentcg.core.errors import AgentcgError
 from agentcg.core.metrics import DaemonStats
 from agentcg.core.model import Call, Session
+from agentcg.daemon.admission import Admission
 from agentcg.daemon.bus import EventBus
 from agentcg.daemon.homes import Homes
 from agentcg.daemon.layout import Layout
@@ -64,6 +65,7 @@ class Registry:
     calls: dict[str, Call] = field(default_factory=dict)
     runtime: dict[str, CallRuntime] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # keeps spawned work alive
+    admission: Admission = field(default_factory=Admission)  # waits for room in a session
     reaper: Reaper = field(default_factory=Reaper)
     homes: Homes = field(init=False)
 
@@ -90,6 +92,10 @@ class Registry:
         """Forget a session (its cgroup is being removed or is gone)."""
         if self.sessions.get(sess.name) is sess:
             del self.sessions[sess.name]
+            self.admission.cancel(
+                sess.name,
+                AgentcgError("not_found", f"session {sess.name!r} was closed meanwhile"),
+            )
 
     def default_session(self, uid: int, home: str | None) -> Session | None:
         for s in self.sessions.values():

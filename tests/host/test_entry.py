@@ -31,6 +31,8 @@ def test_option_forms_and_types():
         "latency_sensitive": True,
     }
     assert cmd == ["ls"]
+    waiting = parse_run(["--wait", "0", "-s", "x", "true"])
+    assert waiting == ({"wait_s": 0.0, "session": "x"}, ["true"])
 
 
 def test_options_end_at_the_command():

@@ -374,7 +374,9 @@ def test_event():
         "killed",
         "oom",
         "ended",
+        "waiting",
     } == EVENTS
+    assert event("waiting", None, {"position": 1})["call"] is None
     with pytest.raises(ValueError):
         event("exploded", "c0123456789ab", {})
 
