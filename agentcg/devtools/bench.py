@@ -24,15 +24,15 @@ import os
 import secrets
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from agentcg.devtools.benchstats import (
     environment,
     interleaved,
+    measure_throughput,
     progress,
     ratio,
     summarize,
@@ -42,6 +42,9 @@ TOOL = ["/bin/true"]
 MEMORY_HIGH = 256 * 1024**2  # the agentcg variant asks for memory="256M"
 MEMORY_MAX = MEMORY_HIGH * 5 // 4  # the daemon's default call.memory_headroom of 1.25
 LABEL = "bench"
+# The BPF program whose loading (or giving up) `stats` reports last at start-up.
+SETTLE_PROGRAM = "memwatch"
+SETTLE_TIMEOUT_S = 900.0
 
 VARIANTS = ("none", "raw", "agentcg")
 VARIANT_TITLES = {
@@ -245,6 +248,27 @@ def _daemon() -> Iterator[tuple[str, str]]:
 # ----------------------------------------------------------------------------- driver
 
 
+def _wait_settled(client: Any, timeout: float = SETTLE_TIMEOUT_S) -> None:
+    """The daemon compiles and loads its memory probe in the background (minutes under
+    TCG) and reports it in `stats` once loaded or given up: time only after that, so
+    the compiler does not run beside the measurement."""
+    from agentcg.core.errors import AgentcgError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            loaded = client.request("stats").get("daemon", {}).get("bpf", [])
+        except AgentcgError as e:
+            if e.code != "timeout":  # it may answer slowly while bcc compiles
+                raise
+            loaded = []
+        if any(p["name"] == SETTLE_PROGRAM for p in loaded):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the daemon did not settle its {SETTLE_PROGRAM} probe in time")
+        time.sleep(1.0)
+
+
 def _check_placement(raw: RawCgroups, client: Any, mount: Path) -> None:
     """Once, before timing: both isolated variants really put the tool in its leaf."""
     out = raw.run(["cat", "/proc/self/cgroup"], stdout=subprocess.PIPE, text=True).stdout
@@ -256,57 +280,6 @@ def _check_placement(raw: RawCgroups, client: Any, mount: Path) -> None:
     want = "0::/" + str(Path(call.info["cgroup"]).relative_to(mount))
     if want not in proc.stdout.splitlines():
         raise RuntimeError(f"agentcg variant: tool in {proc.stdout.strip()}, expected {want}")
-
-
-def _concurrent(runners: Sequence[Callable[[], object]], per_client: int) -> float:
-    """Run `per_client` calls in each runner's own thread, all at once; wall seconds."""
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(runners) + 1)
-
-    def work(run: Callable[[], object]) -> None:
-        barrier.wait()
-        try:
-            for _ in range(per_client):
-                run()
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(r,)) for r in runners]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
-    return elapsed
-
-
-def _throughput(
-    make_runner: dict[str, Callable[[], Callable[[], object]]], clients: int, calls: int
-) -> dict[str, float]:
-    """calls/s with `clients` threads, each with its own runner, doing `calls` calls each.
-
-    Two alternating rounds of half the calls each, so drift hits every variant alike.
-    """
-    elapsed = dict.fromkeys(make_runner, 0.0)
-    done = dict.fromkeys(make_runner, 0)
-    halves = [calls // 2, calls - calls // 2]
-    for rnd, per_client in enumerate(halves):
-        order = list(make_runner) if rnd % 2 == 0 else list(reversed(make_runner))
-        for name in order:
-            runners = [make_runner[name]() for _ in range(clients)]
-            try:
-                elapsed[name] += _concurrent(runners, per_client)
-            finally:
-                for r in runners:
-                    close = getattr(r, "close", None)
-                    if close:
-                        close()
-            done[name] += clients * per_client
-    return {n: round(done[n] / elapsed[n], 2) if elapsed[n] > 0 else 0.0 for n in make_runner}
 
 
 class _ClientRunner:
@@ -353,6 +326,7 @@ def toolcall(calls: int, clients: int = 4, warmup: int | None = None) -> dict[st
         raw.setup()
         try:
             with Client(sock) as client:
+                _wait_settled(client)
                 _check_placement(raw, client, mount)
                 progress(f"{calls} calls x {len(VARIANTS)} variants, interleaved")
                 samples = interleaved(
@@ -367,7 +341,7 @@ def toolcall(calls: int, clients: int = 4, warmup: int | None = None) -> dict[st
             throughput = None
             if clients > 1:
                 progress(f"throughput: {clients} concurrent clients x {calls} calls")
-                tp = _throughput(
+                tp = measure_throughput(
                     {
                         "none": lambda: _run_none,
                         "raw": lambda: raw.run,

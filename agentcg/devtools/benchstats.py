@@ -1,5 +1,5 @@
-"""What every `agentcg bench` shares: percentiles, ratios, the interleaved runner and
-the environment a report records. Pure but for the clock and stderr."""
+"""What every `agentcg bench` shares: percentiles, ratios, the interleaved runner, the
+concurrent-clients throughput runner and the environment a report records."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -78,3 +79,54 @@ def environment() -> dict[str, Any]:
 
 def progress(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def concurrent(runners: Sequence[Callable[[], object]], per_client: int) -> float:
+    """Run `per_client` calls in each runner's own thread, all at once; wall seconds."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(runners) + 1)
+
+    def work(run: Callable[[], object]) -> None:
+        barrier.wait()
+        try:
+            for _ in range(per_client):
+                run()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in runners]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
+def measure_throughput(
+    make_runner: dict[str, Callable[[], Callable[[], object]]], clients: int, calls: int
+) -> dict[str, float]:
+    """calls/s with `clients` threads, each with its own runner, doing `calls` calls each.
+
+    Two alternating rounds of half the calls each, so drift hits every variant alike.
+    """
+    elapsed = dict.fromkeys(make_runner, 0.0)
+    done = dict.fromkeys(make_runner, 0)
+    halves = [calls // 2, calls - calls // 2]
+    for rnd, per_client in enumerate(halves):
+        order = list(make_runner) if rnd % 2 == 0 else list(reversed(make_runner))
+        for name in order:
+            runners = [make_runner[name]() for _ in range(clients)]
+            try:
+                elapsed[name] += concurrent(runners, per_client)
+            finally:
+                for r in runners:
+                    close = getattr(r, "close", None)
+                    if close:
+                        close()
+            done[name] += clients * per_client
+    return {n: round(done[n] / elapsed[n], 2) if elapsed[n] > 0 else 0.0 for n in make_runner}
