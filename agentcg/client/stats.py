@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from agentcg.client.sdk import socket_path
+from agentcg.client.connection import socket_path
 from agentcg.core.errors import AgentcgError
 from agentcg.core.protocol import PROTOCOL_VERSION, decode, encode
 
