@@ -3,18 +3,21 @@
 Everything here is plain file I/O on cgroupfs: no caching, no daemon state. Each
 write is a single write(2) call, because the kernel parses one write at a time and a
 buffered writer could split or merge values (cgroup.procs takes one pid per write).
+CgroupError and the argument checks live in cgroup_errors, the parsers of what cgroupfs
+and procfs show in cgroupfs_text; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import re
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from agentcg.core.errors import AgentcgError
+from agentcg.kernel.cgroup_errors import CgroupError as CgroupError
+from agentcg.kernel.cgroup_errors import fmt_limit, os_error
+from agentcg.kernel.cgroup_errors import validate_child_name as validate_child_name
 from agentcg.kernel.cgroupfs_text import MOUNTINFO as MOUNTINFO
 from agentcg.kernel.cgroupfs_text import Mount as Mount
 from agentcg.kernel.cgroupfs_text import find_cgroup2_mount as find_cgroup2_mount
@@ -24,31 +27,6 @@ from agentcg.kernel.cgroupfs_text import parse_mountinfo as parse_mountinfo
 from agentcg.kernel.cgroupfs_text import parse_pressure as parse_pressure
 from agentcg.kernel.cgroupfs_text import parse_proc_cgroup as parse_proc_cgroup
 from agentcg.kernel.cgroupfs_text import v1_controllers as v1_controllers
-
-# Files a child directory name must never shadow: interface files live in the same
-# directory as child cgroups, and a controller enabled later adds new "<ctrl>.*" files.
-_RESERVED_PREFIXES = (
-    "cgroup",
-    "cpu",
-    "cpuset",
-    "io",
-    "memory",
-    "pids",
-    "rdma",
-    "hugetlb",
-    "misc",
-    "dmem",
-)
-_RESERVED_NAME = re.compile(r"^(" + "|".join(_RESERVED_PREFIXES) + r")\.")
-_NAME_MAX = 255
-
-
-class CgroupError(AgentcgError):
-    """A cgroupfs operation failed; `errno` keeps the underlying OS error number, if any."""
-
-    def __init__(self, code: str, message: str, os_errno: int | None = None) -> None:
-        super().__init__(code, message)
-        self.errno = os_errno
 
 
 def cgroup_path_of_pid(pid: int) -> str:
@@ -67,33 +45,6 @@ def cgroup_path_of_pid(pid: int) -> str:
             "mount cgroup2",
         )
     return path
-
-
-def _fmt_limit(value: int | None) -> str:
-    if value is None:
-        return "max"
-    if isinstance(value, bool) or value < 0:
-        raise CgroupError(
-            "invalid_value", f"limit must be a non-negative integer or None, not {value!r}"
-        )
-    return str(value)
-
-
-def validate_child_name(name: str) -> None:
-    """Reject names that are not a single, unambiguous cgroup directory name."""
-    problem = None
-    if not name:
-        problem = "is empty"
-    elif "/" in name or "\0" in name or "\n" in name:
-        problem = "contains '/', NUL or a newline"
-    elif name.startswith("."):
-        problem = "starts with '.' (includes '.' and '..')"
-    elif _RESERVED_NAME.match(name):
-        problem = "clashes with cgroup interface file names (<controller>.<file>)"
-    elif len(name.encode()) > _NAME_MAX:
-        problem = f"is longer than {_NAME_MAX} bytes"
-    if problem:
-        raise CgroupError("invalid_value", f"bad cgroup name {name!r}: it {problem}; pick another")
 
 
 # --------------------------------------------------------------------------- cgroup
@@ -147,7 +98,7 @@ class Cgroup:
         try:
             self.path.mkdir(exist_ok=exist_ok)
         except OSError as e:
-            raise self._error(e, "create") from None
+            raise os_error(self.path, e, "create") from None
         return self
 
     def remove(self) -> None:
@@ -155,7 +106,7 @@ class Cgroup:
         try:
             self.path.rmdir()
         except OSError as e:
-            raise self._error(e, "remove") from None
+            raise os_error(self.path, e, "remove") from None
 
     def remove_tree(self, kill: bool = False, timeout: float = 5.0) -> None:
         """Remove this cgroup and all descendants, deepest first.
@@ -182,7 +133,7 @@ class Cgroup:
                 continue
             except OSError as e:
                 if e.errno != errno.EBUSY:
-                    raise c._error(e, "remove") from None
+                    raise os_error(c.path, e, "remove") from None
                 # Exited tasks may linger briefly as zombies being reaped; retry until the
                 # deadline instead of failing on the first EBUSY.
                 c._rmdir_retry(deadline, e)
@@ -198,7 +149,7 @@ class Cgroup:
                 return
             except OSError as e:
                 err = e
-        raise self._error(err, "remove")
+        raise os_error(self.path, err, "remove")
 
     def _post_order(self) -> Iterator[Cgroup]:
         for c in self.children():
@@ -211,7 +162,7 @@ class Cgroup:
         try:
             return (self.path / file).read_text()
         except OSError as e:
-            raise self._error(e, f"read {file} of") from None
+            raise os_error(self.path, e, f"read {file} of") from None
 
     def read_int(self, file: str) -> int | None:
         """Read a single-value file; "max" -> None."""
@@ -229,7 +180,7 @@ class Cgroup:
             finally:
                 os.close(fd)
         except OSError as e:
-            raise self._error(e, f"write {str(value)!r} to {file} of") from None
+            raise os_error(self.path, e, f"write {str(value)!r} to {file} of") from None
 
     def has_file(self, file: str) -> bool:
         return (self.path / file).exists()
@@ -279,19 +230,19 @@ class Cgroup:
     # ---- limits (None means "max": no limit)
 
     def set_memory_high(self, value: int | None) -> None:
-        self.write("memory.high", _fmt_limit(value))
+        self.write("memory.high", fmt_limit(value))
 
     def set_memory_max(self, value: int | None) -> None:
-        self.write("memory.max", _fmt_limit(value))
+        self.write("memory.max", fmt_limit(value))
 
     def set_memory_low(self, value: int) -> None:
-        self.write("memory.low", _fmt_limit(value))
+        self.write("memory.low", fmt_limit(value))
 
     def set_memory_min(self, value: int) -> None:
-        self.write("memory.min", _fmt_limit(value))
+        self.write("memory.min", fmt_limit(value))
 
     def set_memory_swap_max(self, value: int | None) -> None:
-        self.write("memory.swap.max", _fmt_limit(value))
+        self.write("memory.swap.max", fmt_limit(value))
 
     def set_cpu_weight(self, weight: int) -> None:
         if isinstance(weight, bool) or not 1 <= weight <= 10000:
@@ -312,7 +263,7 @@ class Cgroup:
         self.write("cpu.max", f"{quota} {period}")
 
     def set_pids_max(self, value: int | None) -> None:
-        self.write("pids.max", _fmt_limit(value))
+        self.write("pids.max", fmt_limit(value))
 
     # ---- stats
 
@@ -410,32 +361,6 @@ class Cgroup:
         try:
             return os.stat(self.path).st_ino
         except OSError as e:
-            raise self._error(e, "stat") from None
+            raise os_error(self.path, e, "stat") from None
 
     cgroup_id = inode
-
-    # ---- errors
-
-    def _error(self, e: OSError, action: str) -> CgroupError:
-        en = e.errno
-        what = f"cannot {action} cgroup {self.path}: {os.strerror(en) if en else e}"
-        if en == errno.ENOENT:
-            return CgroupError("not_found", f"{what}; it (or the file) does not exist", en)
-        if en == errno.EEXIST:
-            return CgroupError("conflict", f"{what}; pass exist_ok=True to reuse it", en)
-        if en == errno.EBUSY:
-            hint = "it still has processes or child cgroups; kill or move them first"
-            return CgroupError("busy", f"{what}; {hint}", en)
-        if en in (errno.EACCES, errno.EPERM):
-            return CgroupError(
-                "unauthorized", f"{what}; run as root or get this subtree delegated to you", en
-            )
-        if en == errno.ESRCH:
-            return CgroupError("not_found", f"{what}; the process has exited", en)
-        if en in (errno.EINVAL, errno.ERANGE):
-            return CgroupError("invalid_value", f"{what}; the kernel rejected the value", en)
-        if en == errno.EOPNOTSUPP:
-            return CgroupError(
-                "unavailable", f"{what}; the controller is not enabled for this cgroup", en
-            )
-        return CgroupError("internal", f"{what}; check dmesg", en)
