@@ -161,7 +161,10 @@ def _bpf_families(
             events.add_metric([p["name"], event], n)
     yield from (attached, events)
     enabled = _gauge("sched_ext_enabled", "1 if agentcg's sched_ext scheduler is running")
-    enabled.add_metric([], 1 if scx["state"] == "enabled" and scx.get("ops") else 0)
+    # The daemon's own state ("running", or "fallback: <why>", ...), not the kernel's:
+    # another scheduler may hold sched_ext.
+    agentcg = scx.get("agentcg") or ""
+    enabled.add_metric([], 1 if agentcg.partition(":")[0] == "running" else 0)
     info = _gauge(
         "sched_ext_info", "The kernel's sched_ext state and the loaded scheduler", ["state", "ops"]
     )

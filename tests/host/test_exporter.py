@@ -126,6 +126,26 @@ def test_exposition_values_and_units():
     assert value(text, "agentcg_build_info", version="agentcg 0.1.0") == 1
 
 
+@pytest.mark.parametrize(
+    ("kernel", "ops", "agentcg", "enabled"),
+    [
+        ("enabled", "agentcg", "running", 1),
+        # Another scheduler holds sched_ext: the kernel says enabled, agentcg's is not.
+        ("enabled", "rusty", "fallback: cannot load: another sched_ext scheduler", 0),
+        ("enabled", "rusty", "sched.enabled is false", 0),
+        ("disabled", None, "loading", 0),
+        ("unsupported", None, "unsupported: this kernel has no sched_ext", 0),
+    ],
+)
+def test_sched_ext_enabled_is_agentcgs_own_scheduler(kernel, ops, agentcg, enabled):
+    s = DaemonStats()
+    s.set_sched_ext(kernel, ops=ops, agentcg=agentcg)
+    snap = s.snapshot([], everything=True, version="0", open_sessions=0, calls_running=0)
+    text = scrape(snap)
+    assert value(text, "agentcg_sched_ext_enabled") == enabled
+    assert value(text, "agentcg_sched_ext_info", state=kernel, ops=ops or "") == 1
+
+
 def test_histograms_are_cumulative_and_bounded_by_tool_kind():
     text = scrape(sample_snapshot())
     tools = {
