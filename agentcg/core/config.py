@@ -90,6 +90,10 @@ class SessionConfig:
     max_pids: int = 32768
     # A call.begin may wait this long (at most) for a free slot, first come first served.
     max_wait_s: float = 300.0
+    # A session whose owner is gone (no calls, its opener exited, no adopted agent, no
+    # processes left in its home, no connection from its owner) for this long is
+    # closed; None: never.
+    orphan_grace_s: float | None = 60.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,11 @@ class Grant:
     uids: tuple[int, ...] = ()
     gids: tuple[int, ...] = ()
     containers: tuple[str, ...] = ()  # container labels, as peer.py reads them
+
+
+@dataclass(frozen=True)
+class DockerConfig:
+    socket: Path | None = Path("/run/docker.sock")  # None: do not follow Docker
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,7 @@ class Config:
     session: SessionConfig = field(default_factory=SessionConfig)
     call: CallConfig = field(default_factory=CallConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    docker: DockerConfig = field(default_factory=DockerConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     grants: Mapping[str, Grant] = field(default_factory=lambda: MappingProxyType({}))
@@ -321,6 +331,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
             "memory_overcommit": _overcommit,
             "max_memory_fraction": _share,
             "max_pids": _int(1, MAX_PIDS),
+            "orphan_grace_s": _nullable(_seconds(0.0, 7 * 86400.0, lo_open=False)),
         },
     ),
     "call": (
@@ -344,6 +355,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
             "psi_window_us": _int(10_000, 10_000_000),
         },
     ),
+    "docker": (DockerConfig, {"socket": _nullable(_socket_path)}),
     "metrics": (
         MetricsConfig,
         {"tool_kinds": _tool_kinds, "reader_uids": _id_list, "reader_gids": _id_list},

@@ -30,6 +30,8 @@ class Session:
     home: str | None = None  # cgroup the session nests under; None: <root>/sessions
     default: bool = False  # its owner's default session in that home
     limit: int | None = None  # memory.max when no budget was planned (memory None)
+    owner_pid: int | None = None  # the process that opened it (the session GC watches it)
+    owner_start: int | None = None  # its start time, so a recycled pid is not it
     calls: set[str] = field(default_factory=set)
 
     @property

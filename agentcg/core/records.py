@@ -87,8 +87,10 @@ SESSION: dict[str, Check] = {
     "home": _opt(cgroup_path_ok),  # the caller's cgroup it nests under; None: daemon root
     "default": lambda v: isinstance(v, bool),
     "limit": SIZE,
+    "owner_pid": _opt(_int(1, MAX_PIDS)),
+    "owner_start": _opt(_int(0, 2**63)),
 }
-SESSION_OPTIONAL = frozenset({"home", "default", "limit"})
+SESSION_OPTIONAL = frozenset({"home", "default", "limit", "owner_pid", "owner_start"})
 
 INTENT: dict[str, Check] = {
     "memory": SIZE,

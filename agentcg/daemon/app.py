@@ -20,9 +20,11 @@ from agentcg.core.metrics import DaemonStats
 from agentcg.core.protocol import OPS, Request
 from agentcg.daemon.bus import EventBus
 from agentcg.daemon.calls import Calls
+from agentcg.daemon.docker_events import DockerEvents
 from agentcg.daemon.ending import Ending
 from agentcg.daemon.escalation import Escalation
 from agentcg.daemon.events import KernelEvents
+from agentcg.daemon.gc import SessionGC
 from agentcg.daemon.layout import Layout
 from agentcg.daemon.listen import ensure_fd_budget
 from agentcg.daemon.lock import DaemonLock
@@ -55,6 +57,10 @@ class Daemon:
         self.sessions = Sessions(self.reg, self.events, self.ending)
         self.calls = Calls(self.reg, self.events, self.sessions, self.ending, self.sched)
         self.stats = Stats(self.reg)
+        self.gc = SessionGC(self.reg, self.sessions.close_session)
+        self.docker = (
+            DockerEvents(self.reg, self.sessions, cfg.docker.socket) if cfg.docker.socket else None
+        )
         self.handlers: dict[str, Handler] = {
             "hello": self.sessions.hello,
             "session.open": self.sessions.open,
@@ -90,8 +96,13 @@ class Daemon:
         self.sched.start()
 
     def serving(self) -> None:
-        """The socket accepts connections: the reclaim grace of recovered calls starts."""
+        """The socket accepts connections: the reclaim grace of recovered calls starts,
+        and so do the session GC's grace and the Docker watch."""
         self.calls.serving()
+        loop = asyncio.get_running_loop()
+        self.gc.start(loop)
+        if self.docker:
+            self.docker.start(loop)
 
     async def handle(self, conn: Connection, req: Request) -> dict[str, Any]:
         if req.spec.admin and not self.is_admin(conn.peer):
@@ -110,5 +121,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         """Graceful stop: calls keep running; a restarted daemon adopts them."""
+        self.gc.stop()
+        if self.docker:
+            self.docker.close()
         self.events.close()
         await self.sched.stop()

@@ -52,7 +52,14 @@ class Notifier:
     def ready(self, loop: asyncio.AbstractEventLoop) -> None:
         self._last_status = self.status()
         self.send("READY=1", f"STATUS={self._last_status}", f"MAINPID={os.getpid()}")
-        self._tick(loop)
+        self._schedule(loop)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Half the watchdog period, as sd_watchdog_enabled(3) advises.
+        interval = STATUS_INTERVAL_S
+        if self.watchdog_s:
+            interval = min(self.watchdog_s / 2, STATUS_INTERVAL_S)
+        self._timer = loop.call_later(interval, self._tick, loop)
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         fields = []
@@ -64,11 +71,7 @@ class Notifier:
             self._last_status = status
         if fields:
             self.send(*fields)
-        # Half the watchdog period, as sd_watchdog_enabled(3) advises.
-        interval = (
-            min(self.watchdog_s / 2, STATUS_INTERVAL_S) if self.watchdog_s else STATUS_INTERVAL_S
-        )
-        self._timer = loop.call_later(interval, self._tick, loop)
+        self._schedule(loop)
 
     def stopping(self) -> None:
         if self._timer:

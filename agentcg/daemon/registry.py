@@ -64,6 +64,8 @@ class Registry:
     sessions: dict[str, Session] = field(default_factory=dict)
     calls: dict[str, Call] = field(default_factory=dict)
     runtime: dict[str, CallRuntime] = field(default_factory=dict)
+    # open connections per (uid, home), kept by the server; the session GC reads it
+    peers: dict[tuple[int, str | None], int] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # keeps spawned work alive
     admission: Admission = field(default_factory=Admission)  # waits for room in a session
     reaper: Reaper = field(default_factory=Reaper)

@@ -36,7 +36,7 @@ class Server:
         self.cfg = daemon.cfg.daemon
         self.active = 0
         self.agents = 0  # connections of non-admins: they may not take the admins' share
-        self.per_peer: dict[tuple[int, str | None], int] = {}  # (uid, home)
+        self.per_peer = daemon.reg.peers  # (uid, home) -> open connections
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:

@@ -18,6 +18,7 @@ from agentcg.daemon.registry import Connection, Registry
 from agentcg.daemon.views import session_view
 from agentcg.kernel.cgroup import Cgroup, CgroupError
 from agentcg.kernel.peer import Peer, move_pinned
+from agentcg.kernel.process import start_ticks
 
 log = logging.getLogger("agentcg.daemon")
 
@@ -53,8 +54,16 @@ class Sessions:
         return {"session": sess.name, "cgroup": str(self.reg.layout.session(sess.name).path)}
 
     async def close(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        sess = self.reg.session_or_raise(conn.peer, args["session"])
+        killed = await self.close_session(sess, "session_closed")
+        return {"closed": sess.name, "killed_calls": killed}
+
+    async def close_session(self, sess: Session, reason: str) -> int:
+        """Kill the session's calls (with `reason`), give adopted processes back, remove
+        its cgroup; the number of calls killed. Also for the GC and Docker events."""
         reg = self.reg
-        sess = reg.session_or_raise(conn.peer, args["session"])
+        if reg.sessions.get(sess.name) is not sess:
+            return 0  # closed meanwhile by someone else
         scg = reg.layout.session(sess.name)
         # Gone for everyone else before the first await: a second close or a
         # call.begin racing this one gets not_found instead of a half-removed session.
@@ -65,12 +74,12 @@ class Sessions:
             call = reg.calls.get(call_id)
             if call:
                 killed += call.state in ("pending", "running")
-                await self.ending.finish_if_live(call, "session_closed")
+                await self.ending.finish_if_live(call, reason)
         self._give_back(sess, scg.child("agent"))
         await reg.reaper.remove(scg, DRAIN_TIMEOUT_S)
         reg.state.drop("sessions", sess.name)
         reg.stats.session_closed(sess.name)
-        return {"closed": sess.name, "killed_calls": killed}
+        return killed
 
     async def status(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
         return session_view(self.reg, self.reg.session_or_raise(conn.peer, args["session"]))
@@ -134,6 +143,8 @@ class Sessions:
             home=where.home,
             default=not args.get("name"),
             limit=limit,
+            owner_pid=peer.pid,
+            owner_start=start_ticks(peer.pid),
         )
         # The record first: a crash before the cgroup exists leaves a record that
         # recovery drops, never a cgroup nobody owns.

@@ -36,7 +36,9 @@ class Stats:
             stats.action(session, "throttle", data["reason"], call=call_id)
         elif name == "limit_raised":
             stats.action(session, "raise", data["reason"], call=call_id)
-        elif name == "oom":
+        elif name == "oom" or (name == "killed" and data["reason"] in ("oom", "pressure")):
+            # The kernel's OOM kill, seen as the daemon's kill at the ceiling, as the
+            # "oom" event, and in the outcome: one kill, counted once.
             stats.oom_killed(session, call_id, data.get("reason", "oom"))
         elif name == "killed" and data["reason"] in ACTIONS["kill"]:
             stats.action(session, "kill", data["reason"], call=call_id)

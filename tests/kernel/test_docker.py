@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import secrets
-import shutil
 import subprocess
 import sys
-import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 
 from tests.kernel.daemon_fixture import RunningDaemon
+from tests.kernel.docker_engine import IMAGE, Engine, dockerd  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.requires("docker")]
 
@@ -55,64 +52,14 @@ try:
     out["unlink"] = "ok"
 except OSError as e:
     out["unlink"] = e.strerror
-print(json.dumps(out))
+print(json.dumps(out), flush=True)
+import time; time.sleep(600)  # until the test has looked at the session from outside
 """
 
 
-def _busybox_image() -> bytes:
-    """A root filesystem with only a static busybox; the rest is bind-mounted."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(shutil.which("busybox") or "/bin/busybox", arcname="bin/busybox")
-        for name in ("sh", "cat", "true", "dd"):
-            link = tarfile.TarInfo(f"bin/{name}")
-            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(link)
-        for d in ("usr", "lib", "lib64", "etc", "proc", "sys", "tmp", "run/agentcg", "work"):
-            info = tarfile.TarInfo(d)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(info)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[docker.DockerClient]:
-    data = tmp_path_factory.mktemp("docker")
-    sock = f"/run/agentcg-docker-{secrets.token_hex(3)}.sock"
-    log = (data / "dockerd.log").open("wb")
-    dockerd = subprocess.Popen(
-        [
-            "dockerd",
-            "--data-root",
-            str(data / "root"),
-            "--exec-root",
-            str(data / "exec"),
-            "--pidfile",
-            str(data / "dockerd.pid"),
-            "--iptables=false",
-            "--ip6tables=false",
-            "--bridge=none",
-            "--host",
-            f"unix://{sock}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while not os.path.exists(sock):
-            assert dockerd.poll() is None, (data / "dockerd.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "dockerd did not start"
-            time.sleep(0.2)
-        client = docker.DockerClient(base_url=f"unix://{sock}", timeout=240)
-        client.api.import_image_from_data(
-            _busybox_image(), repository="agentcg-test", tag="busybox"
-        )
-        yield client
-        client.close()
-    finally:
-        dockerd.terminate()
-        dockerd.wait(60)
+def engine(dockerd: Engine) -> docker.DockerClient:  # noqa: F811  (the imported fixture)
+    return dockerd.client
 
 
 def test_container_agent_is_bound_to_its_container(
@@ -123,7 +70,7 @@ def test_container_agent_is_bound_to_its_container(
     # Agents get the socket's directory, and read-only is enough to connect.
     volumes[str(daemon.run_dir)] = {"bind": "/run/agentcg", "mode": "ro"}
     container = engine.containers.run(
-        "agentcg-test:busybox",
+        IMAGE,
         ["/usr/bin/python3", "-c", AGENT],
         detach=True,
         network_mode="none",
@@ -137,14 +84,19 @@ def test_container_agent_is_bound_to_its_container(
         },
         working_dir="/",
     )
+    cid = container.id
     try:
-        result = container.wait(timeout=300)
-        logs = container.logs().decode(errors="replace")
-        assert result["StatusCode"] == 0, logs
-        seen = json.loads(logs.strip().splitlines()[-1])
+        deadline = time.monotonic() + 300
+        while b'"unlink"' not in container.logs():
+            container.reload()
+            assert container.status == "running", container.logs().decode(errors="replace")
+            assert time.monotonic() < deadline, "the agent never reported"
+            time.sleep(0.5)
+        seen = json.loads(container.logs().decode().strip().splitlines()[-1])
+        # The host's root (admin) sees that session bound to the container.
+        assert status_json(daemon)[f"ctr-{cid[:12]}"]["container"] == cid
     finally:
         container.remove(force=True)
-    cid = container.id
     assert seen["peer"]["uid"] == 0 and seen["peer"]["container"] == cid
     assert seen["peer"]["confined"] is True
     # Root in a container is not an admin; adopting itself keeps it inside the container.
@@ -158,7 +110,15 @@ def test_container_agent_is_bound_to_its_container(
     # The container's 128 MiB still bound the 1 GiB call: its 200 MiB allocation died.
     assert seen["dd"] == -9
     assert seen["unlink"] == "Read-only file system"
-    # The host's root (admin) sees that session bound to the container.
+    # The container is gone, and its session with it (closed as soon as its cgroup went).
+    deadline = time.monotonic() + 120
+    while f"ctr-{cid[:12]}" in status_json(daemon):
+        assert time.monotonic() < deadline, "the session outlived its container"
+        time.sleep(0.5)
+    assert daemon.tool_cgroups() == []
+
+
+def status_json(daemon: RunningDaemon) -> dict[str, dict[str, Any]]:
     listed = subprocess.run(
         [sys.executable, "-m", "agentcg.cli.main", "status", "--json"],
         capture_output=True,
@@ -166,6 +126,4 @@ def test_container_agent_is_bound_to_its_container(
         env={**os.environ, "AGENTCG_SOCKET": str(daemon.socket)},
         check=True,
     )
-    sessions = {s["session"]: s for s in json.loads(listed.stdout)["sessions"]}
-    assert sessions[f"ctr-{cid[:12]}"]["container"] == cid
-    assert daemon.tool_cgroups() == []
+    return {s["session"]: s for s in json.loads(listed.stdout)["sessions"]}
