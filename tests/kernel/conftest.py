@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agentcg.kernel.cgroup import find_cgroup2_mount, v1_controllers
-from tests.kernel.daemon_fixture import daemon  # noqa: F401  (fixture)
+from tests.kernel.daemon_fixture import _module_daemons, daemon  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTROLLERS = ("memory", "cpu", "pids")
@@ -96,6 +96,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "requires(*features): kernel features a kernel test needs besides cgroup2 "
         f"(one of {', '.join(FEATURES)})",
+    )
+    config.addinivalue_line(
+        "markers",
+        "fresh_daemon: the test gets a daemon of its own instead of the one its module's "
+        "tests share (it stops, kills or restarts it, or counts what it did)",
     )
 
 

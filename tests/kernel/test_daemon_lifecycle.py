@@ -15,7 +15,8 @@ from agentcg.client import Client
 from agentcg.kernel.cgroup import Cgroup
 from tests.kernel.daemon_fixture import RunningDaemon
 
-pytestmark = pytest.mark.kernel
+# These tests stop, kill or restart their daemon: each gets its own.
+pytestmark = [pytest.mark.kernel, pytest.mark.fresh_daemon]
 
 
 def wait_for(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

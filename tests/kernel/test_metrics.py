@@ -79,6 +79,7 @@ def finished_calls(c: Client, session: str) -> None:
 
 
 @pytest.mark.parametrize("daemon", [CONFIG], indirect=True)
+@pytest.mark.fresh_daemon  # counts what the daemon did since it started
 def test_stats_counts_real_calls_and_scopes_by_peer(daemon: RunningDaemon) -> None:
     with Client() as c:
         c.open_session("metered", memory="256M")

@@ -17,7 +17,8 @@ from agentcg.client import Client
 from agentcg.kernel.cgroup import Cgroup
 from tests.kernel.daemon_fixture import RunningDaemon
 
-pytestmark = [pytest.mark.kernel, pytest.mark.requires("sched_ext")]
+# These tests stop, kill or restart their daemon: each gets its own.
+pytestmark = [pytest.mark.fresh_daemon, pytest.mark.kernel, pytest.mark.requires("sched_ext")]
 
 SCHED = "[sched]\nenabled = true\nreload_backoff_s = 0.5"
 # Burns a second of CPU, then exits with its scheduling policy (SCHED_EXT is 7).

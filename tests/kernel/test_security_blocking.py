@@ -26,7 +26,8 @@ from tests.kernel.daemon_fixture import RunningDaemon
 from tests.kernel.security_helpers import Peer, scratch
 from tests.kernel.test_robustness import Chan, Raw, wait_until
 
-pytestmark = pytest.mark.kernel
+# These tests stop, kill or restart their daemon: each gets its own.
+pytestmark = [pytest.mark.kernel, pytest.mark.fresh_daemon]
 
 HELLO_BOUND_S = 3.0  # far above a normal round trip, below the 5 s a blocked loop took
 GRACE_S = 5.0  # reclaim_grace_s of the test fixture

@@ -17,7 +17,8 @@ from tests.kernel.daemon_fixture import RunningDaemon
 from tests.kernel.security_helpers import NOBODY, Peer, codes, fake_container, relative, scratch
 from tests.kernel.test_robustness import Chan
 
-pytestmark = pytest.mark.kernel
+# These tests stop, kill or restart their daemon: each gets its own.
+pytestmark = [pytest.mark.kernel, pytest.mark.fresh_daemon]
 
 MiB = 1 << 20
 

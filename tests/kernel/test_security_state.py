@@ -19,7 +19,8 @@ from tests.kernel.daemon_fixture import RunningDaemon
 from tests.kernel.security_helpers import NOBODY, Peer, codes
 from tests.kernel.test_robustness import Raw
 
-pytestmark = pytest.mark.kernel
+# These tests stop, kill or restart their daemon: each gets its own.
+pytestmark = [pytest.mark.kernel, pytest.mark.fresh_daemon]
 
 
 def test_state_is_private_and_planted_links_are_not_followed(
