@@ -47,6 +47,7 @@ class MemoryConfig:
     recheck_s: float = 0.05  # while a call is held back: how often to look for room
     psi_stall_us: int = 20_000  # without BPF: a call stalled this long on memory ...
     psi_window_us: int = 200_000  # ... within this window is checked at once
+    recheck_max_s: float = 1.0  # recheck_s, then doubling while nothing changes, up to this
 
     def tuning(self) -> Tuning:
         return Tuning(step=self.step, thaw_room=self.thaw_room)
@@ -116,6 +117,16 @@ def _claim(c: CallSnapshot) -> int:
     """How far a call may still grow on its own terms (0: unknown, no limit)."""
     limit = c.own_high if c.own_high is not None else c.max
     return 0 if limit is None else max(0, limit - c.usage)
+
+
+def next_recheck(previous: float | None, changed: bool, base: float, most: float) -> float:
+    """Seconds until a session with held-back calls is looked at again: ``base`` after
+    a report or an action, doubling while decisions change nothing, up to ``most``
+    (room that comes back by itself is seen a little later, and an idle daemon does not
+    poll cgroupfs 20 times a second)."""
+    if changed or previous is None:
+        return base
+    return max(base, min(previous * 2, most))
 
 
 def decide(s: Snapshot, t: Tuning) -> list[Action]:

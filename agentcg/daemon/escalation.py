@@ -3,10 +3,12 @@
 A session is decided again when something may have changed: a report of trouble (a
 call stuck over its memory.high, the session at its budget; from memdetect.py), a
 call beginning or ending, or, while any of its calls is held back (throttled or
-frozen), a tick every ``memory.recheck_s``. Reports that arrive together are decided
-together on the next loop turn. The decision reads a Snapshot from cgroupfs; each
-action is written to cgroupfs, published once as an event on its call (with the
-numbers and ``at_ns``, the time of the write) and logged with call, reason and numbers.
+frozen), a tick: every ``memory.recheck_s`` after a report or an action, doubling
+while decisions change nothing, up to ``memory.recheck_max_s``. Reports that arrive
+together are decided together on the next loop turn. The decision reads a Snapshot
+from cgroupfs; each action is written to cgroupfs, published once as an event on its
+call (with the numbers and ``at_ns``, the time of the write) and logged with call,
+reason and numbers.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Escalation:
         self._at_limit: dict[str, float] = {}  # session -> first report
         self._due: set[str] = set()
         self._ticks: dict[str, asyncio.TimerHandle] = {}
+        self._interval: dict[str, float] = {}  # session -> its current tick
 
     # ------------------------------------------------------------ reports
 
@@ -71,6 +74,7 @@ class Escalation:
         self._held.pop(call.id, None)
         self._stuck.pop(call.id, None)
         if call.session in self.reg.sessions:
+            self._interval.pop(call.session, None)
             self.poke(call.session)
 
     def cancel(self, name: str) -> None:
@@ -79,6 +83,7 @@ class Escalation:
         if tick:
             tick.cancel()
         self._at_limit.pop(name, None)
+        self._interval.pop(name, None)
 
     # ------------------------------------------------------------ decide
 
@@ -99,12 +104,19 @@ class Escalation:
         detected = [self._at_limit.pop(name, None), *(self._stuck.pop(c.id, None) for c in calls)]
         first = min((d for d in detected if d is not None), default=None)
         by_id = {c.id: c for c in calls}
-        for action in escalation.decide(snap, self.reg.cfg.memory.tuning()):
+        actions = escalation.decide(snap, self.reg.cfg.memory.tuning())
+        for action in actions:
             self._act(sess, by_id[action.call], action, snap, first)
         if any(c.frozen_at is not None or self._held[c.id].throttled for c in calls):
-            self._ticks[name] = asyncio.get_running_loop().call_later(
-                self.reg.cfg.memory.recheck_s, self.poke, name
+            cfg = self.reg.cfg.memory
+            changed = bool(actions) or first is not None
+            interval = escalation.next_recheck(
+                self._interval.get(name), changed, cfg.recheck_s, cfg.recheck_max_s
             )
+            self._interval[name] = interval
+            self._ticks[name] = asyncio.get_running_loop().call_later(interval, self.poke, name)
+        else:
+            self._interval.pop(name, None)
 
     def _snapshot(self, sess: Session, calls: list[Call]) -> Snapshot:
         reg = self.reg

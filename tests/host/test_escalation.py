@@ -11,6 +11,7 @@ from agentcg.core.escalation import (
     Snapshot,
     Tuning,
     decide,
+    next_recheck,
 )
 
 MiB = 1024**2
@@ -232,3 +233,13 @@ def test_a_session_without_a_planned_budget_is_bounded_by_its_cap():
     assert capped.budget == 512 * MiB
     planned = Session("s", 0, None, 256 * MiB, None, None, 8, 0.0, limit=512 * MiB)
     assert planned.budget == 256 * MiB
+
+
+def test_recheck_backs_off_while_nothing_changes_and_resets_on_change():
+    ticks, previous = [], None
+    for changed in (True, False, False, False, False, False, False, True, False):
+        previous = next_recheck(previous, changed, 0.05, 1.0)
+        ticks.append(previous)
+    assert ticks == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 0.05, 0.1]
+    # Never below the base, even when the cap is configured under it.
+    assert next_recheck(0.05, False, 0.05, 0.0) == 0.05
