@@ -105,10 +105,17 @@ class Exit:
 
 
 def _read(path: Path) -> str | None:
+    """A small sysfs file (open, read, close: called on every call.attach)."""
     try:
-        return path.read_text().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        return os.read(fd, 4096).decode().strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def kernel_state(sysfs: Path = SYSFS) -> KernelState:

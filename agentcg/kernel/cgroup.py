@@ -47,6 +47,19 @@ def cgroup_path_of_pid(pid: int) -> str:
     return path
 
 
+def read_bytes(path: Path | str) -> bytes:
+    """A whole cgroupfs or procfs file: open, read to the end, close (no buffered
+    file object, whose fstat/ioctl/lseek calls cost more than the read here)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 # --------------------------------------------------------------------------- cgroup
 
 
@@ -160,7 +173,7 @@ class Cgroup:
 
     def read(self, file: str) -> str:
         try:
-            return (self.path / file).read_text()
+            return read_bytes(self.path / file).decode()
         except OSError as e:
             raise os_error(self.path, e, f"read {file} of") from None
 

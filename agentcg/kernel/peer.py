@@ -21,7 +21,13 @@ from functools import cache
 from pathlib import Path
 
 from agentcg.core.errors import AgentcgError
-from agentcg.kernel.cgroup import Cgroup, cgroup_path_of_pid, find_cgroup2_mount, parse_proc_cgroup
+from agentcg.kernel.cgroup import (
+    Cgroup,
+    cgroup_path_of_pid,
+    find_cgroup2_mount,
+    parse_proc_cgroup,
+    read_bytes,
+)
 
 NAMESPACES = ("pid", "mnt", "user", "cgroup")
 
@@ -86,18 +92,25 @@ def container_of(cgroup: str, mount: Path | None = None) -> str | None:
 
 @cache
 def own_namespaces() -> tuple[tuple[int, int], ...]:
-    return _namespaces(os.open("/proc/self", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    proc = os.open("/proc/self", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _namespaces(proc)
+    finally:
+        os.close(proc)
+
+
+@cache
+def _cgroup2_mount() -> Path | None:
+    """The daemon's cgroup2 mount, read once: its mounts do not move while it runs."""
+    return find_cgroup2_mount()
 
 
 def _namespaces(proc_fd: int) -> tuple[tuple[int, int], ...]:
-    """(st_dev, st_ino) of each namespace in NAMESPACES; closes proc_fd."""
-    try:
-        return tuple(
-            (st.st_dev, st.st_ino)
-            for st in (os.stat(f"ns/{kind}", dir_fd=proc_fd) for kind in NAMESPACES)
-        )
-    finally:
-        os.close(proc_fd)
+    """(st_dev, st_ino) of each namespace in NAMESPACES of the /proc/<pid> dir proc_fd."""
+    return tuple(
+        (st.st_dev, st.st_ino)
+        for st in (os.stat(f"ns/{kind}", dir_fd=proc_fd) for kind in NAMESPACES)
+    )
 
 
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux >= 6.5
@@ -119,8 +132,7 @@ def _alive(pidfd: int) -> bool:
 
 
 def _start_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
+    stat = read_bytes(f"/proc/{pid}/stat")
     # comm may contain spaces and parens: fields after the last ')' are fixed.
     return int(stat[stat.rindex(b")") + 2 :].split()[19])
 
@@ -167,7 +179,7 @@ class PeerHandle:
             if not _alive(self.pidfd):
                 raise gone
             cg = _read_cgroup(proc)
-            ns = _namespaces(os.dup(proc))
+            ns = _namespaces(proc)
         except OSError as e:
             raise gone from e
         finally:
@@ -186,7 +198,7 @@ class PeerHandle:
 
     def _container(self, cg: str) -> str | None:
         if self._label is None or self._label[0] != cg:
-            self._label = (cg, container_of(cg, find_cgroup2_mount()))
+            self._label = (cg, container_of(cg, _cgroup2_mount()))
         return self._label[1]
 
     def close(self) -> None:
@@ -223,8 +235,7 @@ def move_pinned(target: Cgroup, peer: Peer) -> None:
 
 def parent_pid(pid: int) -> int | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        stat = read_bytes(f"/proc/{pid}/stat")
     except OSError:
         return None
     # comm may contain spaces and parens: fields after the last ')' are fixed.
