@@ -29,6 +29,8 @@ log = logging.getLogger("agentcg.daemon")
 CONTROLLERS = ("memory", "cpu", "pids")
 LEAF = "agentcg-leaf"  # a home's own processes
 SUBTREE = "agentcg"  # a home's sessions
+DEFAULT_CPU_WEIGHT = 100  # cpu.weight of a new cgroup
+CALL_MEMO = 4096  # call cgroups remembered by Layout.call
 
 
 def host_memory() -> int:
@@ -56,6 +58,7 @@ class Layout:
         self.sessions_prefix = f"{self.root_rel}/sessions/"
         self.homes: dict[str, str | None] = {}  # session -> its home (None: <root>/sessions)
         self.controllers: dict[str | None, frozenset[str]] = {None: frozenset(CONTROLLERS)}
+        self._calls: dict[tuple[str, str | None, str], Cgroup] = {}  # see call()
 
     def home_cg(self, home: str) -> Cgroup:
         return Cgroup(self.mount / home.lstrip("/"))
@@ -67,7 +70,14 @@ class Layout:
         return self.sessions_of(self.homes.get(name)).child(name)
 
     def call(self, session: str, call_id: str) -> Cgroup:
-        return self.session(session).child("tools").child(call_id)
+        # A pure function of its key, asked for many times per call: memoized, bounded.
+        key = (session, self.homes.get(session), call_id)
+        cg = self._calls.get(key)
+        if cg is None:
+            if len(self._calls) >= CALL_MEMO:
+                self._calls.clear()
+            cg = self._calls[key] = self.session(session).child("tools").child(call_id)
+        return cg
 
     def by_relative_path(self, cgroup: str) -> Cgroup:
         """A cgroup named as /proc/<pid>/cgroup names it."""
@@ -168,15 +178,24 @@ class Layout:
         usable = self.controllers.get(sess.home, frozenset())
         ccg = self.call(sess.name, call_id)
         try:
+            # A new cgroup starts with the kernel's defaults (no limits, no protection,
+            # cpu.weight 100, memory.oom.group 0): only the limits that differ are written.
             ccg.create()
-            ccg.set_memory_high(limits.memory_high)
-            ccg.set_memory_max(limits.memory_max)
-            ccg.set_memory_low(limits.memory_low)
-            ccg.set_memory_min(limits.memory_min)
+            if limits.memory_high is not None:
+                ccg.set_memory_high(limits.memory_high)
+            if limits.memory_max is not None:
+                ccg.set_memory_max(limits.memory_max)
+            if limits.memory_low:
+                ccg.set_memory_low(limits.memory_low)
+            if limits.memory_min:
+                ccg.set_memory_min(limits.memory_min)
             if "cpu" in usable:
-                ccg.set_cpu_weight(limits.cpu_weight)
-                ccg.set_cpu_max(limits.cpu_max)
-            ccg.set_pids_max(limits.pids_max)
+                if limits.cpu_weight != DEFAULT_CPU_WEIGHT:
+                    ccg.set_cpu_weight(limits.cpu_weight)
+                if limits.cpu_max is not None:
+                    ccg.set_cpu_max(limits.cpu_max)
+            if limits.pids_max is not None:
+                ccg.set_pids_max(limits.pids_max)
             # An OOM inside the call takes the whole call, never a stray half of it.
             ccg.write("memory.oom.group", 1)
         except (CgroupError, OSError) as e:

@@ -121,6 +121,15 @@ class Reaper:
     @staticmethod
     def _rmdir_tree(cg: Cgroup) -> bool:
         """rmdir deepest first, without waiting; False if something is still busy."""
+        try:
+            cg.path.rmdir()  # a leaf, as a call's cgroup nearly always is: no walk
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                log.error("could not remove %s: %s", cg.path, e.strerror)
+                return False
         for c in reversed(list(_walk(cg))):
             try:
                 c.path.rmdir()
