@@ -170,13 +170,14 @@ class Server:
                     raise AgentcgError(
                         "unauthorized", f"{e}; requests must come from the process that connected"
                     ) from None
-                log.debug(
-                    "pid %d uid %d: %s %s",
-                    conn.peer.pid,
-                    conn.peer.uid,
-                    req.op,
-                    {k: v for k, v in req.args.items() if k != "token"},
-                )
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "pid %d uid %d: %s %s",
+                        conn.peer.pid,
+                        conn.peer.uid,
+                        req.op,
+                        {k: v for k, v in req.args.items() if k != "token"},
+                    )
                 result = await self.daemon.handle(conn, req)
                 reply = protocol.ok(req.id, result)
                 first = False
@@ -200,12 +201,15 @@ class Server:
         # A connection that owns live calls may wait as long as its tools run.
         idle = None if conn.calls else self.cfg.idle_timeout_s
         try:
-            head = await asyncio.wait_for(reader.read(1), idle)
+            # asyncio.timeout, not wait_for: no extra task per read
+            async with asyncio.timeout(idle):
+                head = await reader.read(1)
             if not head:
                 return None
             if head == b"\n":
                 return head
-            rest = await asyncio.wait_for(reader.readuntil(b"\n"), self.cfg.frame_timeout_s)
+            async with asyncio.timeout(self.cfg.frame_timeout_s):
+                rest = await reader.readuntil(b"\n")
             return head + rest
         except (asyncio.LimitOverrunError, ValueError):
             error = AgentcgError(
