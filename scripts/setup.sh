@@ -92,17 +92,13 @@ setup_apt() {
 
 setup_venv() {
   local stamp=$VENV/.agentcg-stamp want
-  # The editable mode is part of the stamp: "compat" is a plain path in a .pth file,
-  # where the default imports a finder module at every interpreter start (seconds per
-  # process under the test VM's emulation).
-  want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) editable=compat"
+  want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
   if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return; fi
   log "creating venv $VENV (system site packages, for Debian's bcc)"
   # Debian's python, not a pyenv one: python3-bpfcc lives in its dist-packages.
   [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$VENV"
   # (pip.conf on some machines names absent local indexes: drop those warnings)
-  "$VENV/bin/pip" install -q --disable-pip-version-check \
-    --config-settings editable_mode=compat -e "$ROOT[test,vm,metrics,docker]" 2>&1 \
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test,vm,metrics,docker]" 2>&1 \
     | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
   echo "$want" >"$stamp"
 }
