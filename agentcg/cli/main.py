@@ -200,12 +200,15 @@ def bench() -> None:
 
 @bench.command("toolcall")
 @click.option("-n", "--calls", type=int, default=200, help="calls per variant")
+@click.option(
+    "--no-sched", is_flag=True, help="start the bench's daemon with [sched] enabled = false"
+)
 @click.option("--json", "json_out", is_flag=True)
-def bench_toolcall(calls: int, json_out: bool) -> None:
+def bench_toolcall(calls: int, no_sched: bool, json_out: bool) -> None:
     """Tool-call round trip through the daemon vs the raw cgroup operations."""
     from agentcg.devtools.bench import toolcall
 
-    report = toolcall(calls)
+    report = toolcall(calls, sched=not no_sched)
     click.echo(json.dumps(report, indent=2) if json_out else report["text"])
 
 

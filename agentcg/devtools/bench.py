@@ -227,20 +227,24 @@ def _agentcg_call(client: Any, argv: Sequence[str] = TOOL, **kwargs: Any) -> Any
 
 
 @contextlib.contextmanager
-def _daemon() -> Iterator[tuple[str, str]]:
-    """(socket path, description): $AGENTCG_SOCKET if set, else a daemon of our own."""
+def _daemon(sched: bool) -> Iterator[tuple[str, str]]:
+    """(socket path, description): $AGENTCG_SOCKET if set, else a daemon of our own,
+    with its sched_ext scheduler (the default) or with `[sched] enabled = false`."""
     from agentcg.devtools.daemonproc import DaemonProcess
 
     external = os.environ.get("AGENTCG_SOCKET")
     if external:
+        if not sched:
+            raise ValueError("--no-sched applies to the bench's own daemon, not $AGENTCG_SOCKET")
         yield external, f"external ($AGENTCG_SOCKET={external})"
         return
+    # The default 200 requests/s per connection would throttle a fast machine.
+    config = "max_requests_per_second = 1000000" + ("" if sched else "\n[sched]\nenabled = false")
     with tempfile.TemporaryDirectory(prefix="agentcg-bench-") as work:
-        # The default 200 requests/s per connection would throttle a fast machine.
-        d = DaemonProcess("bench", Path(work), "max_requests_per_second = 1000000")
+        d = DaemonProcess("bench", Path(work), config)
         try:
             d.start()
-            yield str(d.socket), "own (started for this run)"
+            yield str(d.socket), f"own (started for this run, sched_ext {'on' if sched else 'off'})"
         finally:
             d.remove()
 
@@ -297,11 +301,14 @@ class _ClientRunner:
         self.client.close()
 
 
-def toolcall(calls: int, clients: int = 4, warmup: int | None = None) -> dict[str, Any]:
+def toolcall(
+    calls: int, clients: int = 4, warmup: int | None = None, sched: bool = True
+) -> dict[str, Any]:
     """Run the tool-call benchmark (as root, on a host with cgroup v2 controllers).
 
     Returns a JSON-able report; its "text" key is the human-readable table.
     `clients` > 1 adds a throughput run with that many concurrent agents (0 skips it).
+    `sched=False` starts the daemon without its sched_ext scheduler.
     """
     from agentcg.client import Client
     from agentcg.kernel.cgroup import find_cgroup2_mount
@@ -322,7 +329,7 @@ def toolcall(calls: int, clients: int = 4, warmup: int | None = None) -> dict[st
     tag = secrets.token_hex(4)
     raw = RawCgroups(mount, tag)
     t_start = time.time()
-    with _daemon() as (sock, daemon_desc):
+    with _daemon(sched) as (sock, daemon_desc):
         raw.setup()
         try:
             with Client(sock) as client:
@@ -369,6 +376,7 @@ def toolcall(calls: int, clients: int = 4, warmup: int | None = None) -> dict[st
         "duration_s": round(time.time() - t_start, 1),
         "environment": environment(),
         "daemon": daemon_desc,
+        "sched": sched,
         "variants": stats,
         "ratios": ratios(stats),
         "overhead_over_raw_ms": overhead_ms(stats),
