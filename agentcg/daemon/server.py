@@ -104,19 +104,10 @@ class Server:
         self.daemon.reg.stats.clients = self.active
         self.per_peer[key] = self.per_peer.get(key, 0) + 1
 
-        def push(msg: dict[str, Any]) -> None:
-            if writer.is_closing():
-                return
-            transport = writer.transport
-            if transport.get_write_buffer_size() > MAX_PENDING_WRITE:
-                log.warning("pid %d is not reading its events; dropping it", peer.pid)
-                transport.abort()
-                return
-            writer.write(protocol.encode(msg))
-
-        conn = Connection(peer, push)
+        out = _Outbox(writer, peer.pid)
+        conn = Connection(peer, out.push)
         try:
-            await self._loop(conn, handle, reader, writer)
+            await self._loop(conn, handle, reader, out)
         except (ConnectionError, OSError):
             pass  # the peer vanished mid-reply; its calls are cleaned up below
         finally:
@@ -130,6 +121,7 @@ class Server:
                 await self.daemon.connection_lost(conn)
             except Exception:  # the socket must still be closed, and the bug seen
                 log.exception("cleaning up after pid %d failed", peer.pid)
+            out.flush()  # the clean-up's events, before the close
             writer.close()
             with contextlib.suppress(OSError, ConnectionError):
                 await writer.wait_closed()
@@ -139,13 +131,13 @@ class Server:
         conn: Connection,
         handle: PeerHandle,
         reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        out: _Outbox,
     ) -> None:
         tokens = float(self.cfg.max_requests_per_second)
         last = time.monotonic()
         first = True
         while True:
-            line = await self._read_frame(conn, reader, writer)
+            line = await self._read_frame(conn, reader, out)
             if line is None:
                 return
             now = time.monotonic()
@@ -192,11 +184,11 @@ class Server:
                     ),
                 )
             self.daemon.reg.stats.request(op, None if reply["ok"] else reply["error"]["code"])
-            writer.write(protocol.encode(reply))
-            await writer.drain()
+            out.flush(protocol.encode(reply))  # after the events this request pushed
+            await out.writer.drain()
 
     async def _read_frame(
-        self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, conn: Connection, reader: asyncio.StreamReader, out: _Outbox
     ) -> bytes | None:
         # A connection that owns live calls may wait as long as its tools run.
         idle = None if conn.calls else self.cfg.idle_timeout_s
@@ -227,6 +219,43 @@ class Server:
         except (ConnectionError, OSError):
             return None
         with contextlib.suppress(OSError, ConnectionError):
-            writer.write(protocol.encode(protocol.err(None, error)))
-            await writer.drain()
+            out.flush(protocol.encode(protocol.err(None, error)))
+            await out.writer.drain()
         return None
+
+
+class _Outbox:
+    """One connection's writes. Events pushed while the loop runs are held until the
+    reply to the request being handled (one write: `ended` and the call.end reply) or,
+    if none comes first, the next loop turn; the order of frames is kept."""
+
+    def __init__(self, writer: asyncio.StreamWriter, pid: int) -> None:
+        self.writer = writer
+        self.pid = pid
+        self._pending: list[bytes] = []
+        self._size = 0
+
+    def push(self, msg: dict[str, Any]) -> None:
+        writer = self.writer
+        if writer.is_closing():
+            return
+        transport = writer.transport
+        if transport.get_write_buffer_size() + self._size > MAX_PENDING_WRITE:
+            log.warning("pid %d is not reading its events; dropping it", self.pid)
+            self._pending.clear()
+            self._size = 0
+            transport.abort()
+            return
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        frame = protocol.encode(msg)
+        self._pending.append(frame)
+        self._size += len(frame)
+
+    def flush(self, last: bytes = b"") -> None:
+        """Write what is pending, then `last` (a reply), in one write."""
+        data = b"".join([*self._pending, last]) if self._pending else last
+        self._pending.clear()
+        self._size = 0
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
