@@ -99,7 +99,7 @@ class Calls:
         )
         ccg = reg.layout.create_call(sess, call.id, limits)
         try:
-            self.events.watch(call)
+            self.events.watch(call, fresh=True)
         except OSError as e:
             self.events.unwatch(call)
             reg.layout.remove_now(ccg)

@@ -69,6 +69,10 @@ class Escalation:
             self._due.add(name)
             asyncio.get_running_loop().call_soon(self._decide, name)
 
+    def begun(self, call: Call) -> None:
+        """call.begin set memory.high to the call's ask (layout.create_call)."""
+        self._held[call.id] = _Held(call.limits.memory_high, call.limits.memory_high)
+
     def forget(self, call: Call) -> None:
         """The call ended: drop what was kept for it; its session may have room now."""
         self._held.pop(call.id, None)
@@ -139,8 +143,8 @@ class Escalation:
         return Snapshot(sess.name, sess.budget, usage, sess.name in self._at_limit, tuple(states))
 
     def _first_look(self, call: Call) -> _Held:
-        """What memory.high says when a call is first decided: its ask, or after a
-        restart whatever the previous daemon left (a tripwire, or a raised limit)."""
+        """What memory.high says when a recovered call is first decided: its ask, or
+        whatever the previous daemon left (a tripwire, or a raised limit)."""
         ask = call.limits.memory_high
         now = self.reg.call_cg(call).read_int("memory.high")
         if now == ask or ask is None:

@@ -31,12 +31,16 @@ class KernelEvents:
         if self.watcher:
             self.watcher.close()
 
-    def watch(self, call: Call) -> None:
+    def watch(self, call: Call, fresh: bool = False) -> None:
+        """`fresh`: call.begin just wrote its limits (not a call recovered after a
+        restart), so escalation knows its memory.high without reading it back."""
         assert self.watcher is not None
         path, call_id = self.reg.call_cg(call).path, call.id
         self.watcher.add(path / "memory.events", lambda _p: self._on_memory_events(call_id))
         self.watcher.add(path / "cgroup.events", lambda _p: self._on_cgroup_events(call_id))
         self.detect.watch_call(call)
+        if fresh:
+            self.escalation.begun(call)
         self.escalation.poke(call.session)
 
     def unwatch(self, call: Call) -> None:
