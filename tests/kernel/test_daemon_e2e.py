@@ -45,9 +45,15 @@ def test_oom_outcome_with_advice_and_session_survives(daemon: RunningDaemon) -> 
         assert proc.returncode == -9
         out = call.outcome
         assert out is not None
-        assert out["killed_reason"] == "oom" and out["oom_kills"] >= 1
+        assert out["killed_reason"] == "oom"
         assert "narrower test selection" in out["advice"]
-        assert any(e["event"] == "oom" for e in call.events)
+        # The kernel's OOM killer, or the daemon's kill of a call stuck at its ceiling
+        # when that came first (both are reported as "oom").
+        killed_at_ceiling = any(
+            e["event"] == "killed" and e["data"]["reason"] == "oom" for e in call.events
+        )
+        kernel_oom = out["oom_kills"] >= 1 and any(e["event"] == "oom" for e in call.events)
+        assert kernel_oom or killed_at_ceiling, (out, call.events)
         # The agent and its session carry on.
         with c.tool_call(memory="64M", label="echo") as again:
             assert again.run(["true"]).returncode == 0
