@@ -19,6 +19,7 @@ import pytest
 
 from agentcg.kernel.cgroup import find_cgroup2_mount, v1_controllers
 from tests.kernel.daemon_fixture import _module_daemons, daemon  # noqa: F401  (fixtures)
+from tests.kernel.other_uid import for_others  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTROLLERS = ("memory", "cpu", "pids")

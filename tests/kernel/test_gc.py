@@ -3,21 +3,18 @@ owner is still connected stay."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from agentcg.client import Client
 from agentcg.client.stats import fetch_stats
 from tests.kernel.daemon_fixture import RunningDaemon
+from tests.kernel.other_uid import ForOthers
 
 pytestmark = pytest.mark.kernel
 
-ROOT = Path(__file__).resolve().parents[2]
 AGENT_UID = 4242
 WAIT_S = 120.0
 GRACE = "[session]\norphan_grace_s = 2"
@@ -32,21 +29,16 @@ def names() -> set[str]:
 
 @pytest.mark.parametrize("daemon", [GRACE], indirect=True)
 def test_a_gone_owners_session_is_closed_a_connected_owners_stays(
-    daemon: RunningDaemon,
+    daemon: RunningDaemon, for_others: ForOthers
 ) -> None:
     with Client() as c:
         c.open_session("kept")  # its owner stays connected throughout
         subprocess.run(
-            [sys.executable, "-c", FLEETING],
+            [for_others.python, "-c", FLEETING],
             user=AGENT_UID,
             group=AGENT_UID,
             extra_groups=[],
-            env={
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "PYTHONPATH": str(ROOT),
-                "AGENTCG_SOCKET": str(daemon.socket),
-                "HOME": "/",
-            },
+            env=for_others.env(daemon.socket),
             cwd="/",
             check=True,
             timeout=WAIT_S,

@@ -5,7 +5,6 @@ every PromQL expression of the Grafana dashboard."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from agentcg.client import Client
 from agentcg.client.stats import fetch_stats
 from agentcg.core.errors import AgentcgError
 from tests.kernel.daemon_fixture import RunningDaemon
+from tests.kernel.other_uid import ForOthers
 
 pytestmark = pytest.mark.kernel
 
@@ -43,21 +43,14 @@ HOLD = (
 )
 
 
-def as_uid(uid: int, code: str, daemon: RunningDaemon) -> Any:
+def as_uid(uid: int, code: str, daemon: RunningDaemon, others: ForOthers) -> Any:
     """Run python code as another uid with the SDK importable; its stdout as JSON."""
-    venv_python = sys.executable  # the venv: prometheus-client, the SDK
     done = subprocess.run(
-        [venv_python, "-c", code],
+        [others.python, "-c", code],
         user=uid,
         group=uid,
         extra_groups=[],
-        env={
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": str(ROOT),
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "AGENTCG_SOCKET": str(daemon.socket),
-            "HOME": "/",
-        },
+        env=others.env(daemon.socket),
         cwd="/",
         capture_output=True,
         text=True,
@@ -80,7 +73,9 @@ def finished_calls(c: Client, session: str) -> None:
 
 @pytest.mark.parametrize("daemon", [CONFIG], indirect=True)
 @pytest.mark.fresh_daemon  # counts what the daemon did since it started
-def test_stats_counts_real_calls_and_scopes_by_peer(daemon: RunningDaemon) -> None:
+def test_stats_counts_real_calls_and_scopes_by_peer(
+    daemon: RunningDaemon, for_others: ForOthers
+) -> None:
     with Client() as c:
         c.open_session("metered", memory="256M")
         finished_calls(c, "metered")
@@ -113,6 +108,7 @@ def test_stats_counts_real_calls_and_scopes_by_peer(daemon: RunningDaemon) -> No
         NOBODY,
         "import json; from agentcg.client.stats import fetch_stats as f; print(json.dumps(f()))",
         daemon,
+        for_others,
     )
     assert reader["scope"] == "all" and "metered" in {s["session"] for s in reader["sessions"]}
     # An ordinary agent sees its own session only, and nothing daemon-wide.
@@ -127,6 +123,7 @@ def test_stats_counts_real_calls_and_scopes_by_peer(daemon: RunningDaemon) -> No
         "except AgentcgError as e:\n    other = e.code\n"
         "print(json.dumps({'snap': fetch_stats(), 'other': other}))\n",
         daemon,
+        for_others,
     )
     assert agent["snap"]["scope"] == "own"
     assert [s["session"] for s in agent["snap"]["sessions"]] == ["agents-own"]
@@ -165,20 +162,20 @@ def _wait(what: str, probe: Any, timeout: float = WAIT_S) -> Any:
 
 
 @pytest.fixture
-def exporter(daemon: RunningDaemon, tmp_path: Path) -> Iterator[str]:
+def exporter(daemon: RunningDaemon, tmp_path: Path, for_others: ForOthers) -> Iterator[str]:
     """`agentcg exporter` as the unprivileged reader uid; yields its base URL."""
     port = _free_port()
     log = (tmp_path / "exporter.log").open("wb")
     proc = subprocess.Popen(
         [
-            sys.executable,
+            for_others.python,
             *("-m", "agentcg.cli.main", "exporter"),
             *("--listen", f"127.0.0.1:{port}", "--socket", str(daemon.socket)),
         ],
         user=NOBODY,
         group=NOBODY,
         extra_groups=[],
-        env={**os.environ, "HOME": "/", "PYTHONDONTWRITEBYTECODE": "1"},
+        env=for_others.env(daemon.socket),
         cwd="/",
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -4,10 +4,8 @@ own sessions only, top in a real terminal (tmux) that it quits with q."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,10 +13,10 @@ import pytest
 
 from agentcg.client import Client
 from tests.kernel.daemon_fixture import RunningDaemon
+from tests.kernel.other_uid import ForOthers
 
 pytestmark = pytest.mark.kernel
 
-ROOT = Path(__file__).resolve().parents[2]
 AGENT_UID = 4242
 WAIT_S = 120.0
 
@@ -37,23 +35,13 @@ call.end(tool.wait())
 """
 
 
-def agent_env(daemon: RunningDaemon) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": str(ROOT),
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "AGENTCG_SOCKET": str(daemon.socket),
-        "HOME": "/",
-    }
-
-
-def as_agent(daemon: RunningDaemon, *argv: str) -> str:
+def as_agent(daemon: RunningDaemon, others: ForOthers, *argv: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "agentcg.cli.main", *argv],
+        [others.python, "-m", "agentcg.cli.main", *argv],
         user=AGENT_UID,
         group=AGENT_UID,
         extra_groups=[],
-        env=agent_env(daemon),
+        env=others.env(daemon.socket),
         cwd="/",
         capture_output=True,
         text=True,
@@ -87,16 +75,17 @@ class Tmux:
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_agent_sees_its_own_session_in_status_and_top(
-    daemon: RunningDaemon, tmp_path: Path
+    daemon: RunningDaemon, tmp_path: Path, for_others: ForOthers
 ) -> None:
+    others = for_others
     with Client() as c:
         c.open_session("roots-task")  # not the agent's to see
         agent = subprocess.Popen(
-            [sys.executable, "-c", AGENT],
+            [others.python, "-c", AGENT],
             user=AGENT_UID,
             group=AGENT_UID,
             extra_groups=[],
-            env=agent_env(daemon),
+            env=others.env(daemon.socket),
             cwd="/",
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -106,17 +95,17 @@ def test_agent_sees_its_own_session_in_status_and_top(
         try:
             assert agent.stdout.readline().strip() == "ready"
 
-            text = as_agent(daemon, "status")
+            text = as_agent(daemon, others, "status")
             assert text.startswith("your sessions: 1, tool calls running: 1")
             assert "agents-task" in text and "sleeper" in text and "roots-task" not in text
-            snap = json.loads(as_agent(daemon, "status", "--json"))
+            snap = json.loads(as_agent(daemon, others, "status", "--json"))
             assert snap["scope"] == "own" and "daemon" not in snap
             assert [s["session"] for s in snap["sessions"]] == ["agents-task"]
 
-            env = " ".join(f"{k}={v}" for k, v in agent_env(daemon).items())
+            env = " ".join(f"{k}={v}" for k, v in others.env(daemon.socket).items())
             top = (
                 f"setpriv --reuid={AGENT_UID} --regid={AGENT_UID} --clear-groups "
-                f"env {env} {sys.executable} -m agentcg.cli.main top --interval 0.5"
+                f"env {env} {others.python} -m agentcg.cli.main top --interval 0.5"
             )
             tmux = Tmux(tmp_path / "tmux.sock")
             # After top, the shell says how it ended and keeps the pane for us to read.
