@@ -157,7 +157,10 @@ def test_probe_reports_freezes_completing(base, memwatch):
 def test_fallback_signals_memory_events_and_pressure(base):
     loop = asyncio.new_event_loop()
     w = PollWatcher(loop)
-    cg = leaf(base, "polled", 24 * MiB, 40 * MiB)
+    # memory.max well above the toucher: it stays stuck over memory.high (nothing to
+    # reclaim), stalling for as long as the test waits, instead of dying at its max
+    # before the 20 ms-in-200 ms pressure window is met.
+    cg = leaf(base, "polled", 24 * MiB, 256 * MiB)
     seen: list[tuple[str, float]] = []
     events_file, pressure = cg.path / "memory.events.local", cg.path / "memory.pressure"
     w.add_events(events_file, lambda path: seen.append((path.name, time.monotonic())))
@@ -169,7 +172,7 @@ def test_fallback_signals_memory_events_and_pressure(base):
     go(p)
     try:
         run_until(
-            loop, lambda: {"memory.events.local", "memory.pressure"} <= {n for n, _ in seen}, 120
+            loop, lambda: {"memory.events.local", "memory.pressure"} <= {n for n, _ in seen}, 240
         )
         names = {n for n, _ in seen}
         assert "memory.events.local" in names, seen
