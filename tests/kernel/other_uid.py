@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 import prometheus_client
@@ -35,6 +36,17 @@ class ForOthers:
             "PYTHONDONTWRITEBYTECODE": "1",
             "AGENTCG_SOCKET": str(socket),
             "HOME": "/",
+        }
+
+    def as_uid(self, uid: int, socket: Path) -> dict[str, Any]:
+        """subprocess.run/Popen arguments that run as ``uid`` (its own group, no others)
+        in this environment, from /."""
+        return {
+            "user": uid,
+            "group": uid,
+            "extra_groups": [],
+            "env": self.env(socket),
+            "cwd": "/",
         }
 
 

@@ -35,11 +35,7 @@ def test_a_gone_owners_session_is_closed_a_connected_owners_stays(
         c.open_session("kept")  # its owner stays connected throughout
         subprocess.run(
             [for_others.python, "-c", FLEETING],
-            user=AGENT_UID,
-            group=AGENT_UID,
-            extra_groups=[],
-            env=for_others.env(daemon.socket),
-            cwd="/",
+            **for_others.as_uid(AGENT_UID, daemon.socket),
             check=True,
             timeout=WAIT_S,
         )

@@ -47,11 +47,7 @@ def as_uid(uid: int, code: str, daemon: RunningDaemon, others: ForOthers) -> Any
     """Run python code as another uid with the SDK importable; its stdout as JSON."""
     done = subprocess.run(
         [others.python, "-c", code],
-        user=uid,
-        group=uid,
-        extra_groups=[],
-        env=others.env(daemon.socket),
-        cwd="/",
+        **others.as_uid(uid, daemon.socket),
         capture_output=True,
         text=True,
         timeout=WAIT_S,
@@ -172,11 +168,7 @@ def exporter(daemon: RunningDaemon, tmp_path: Path, for_others: ForOthers) -> It
             *("-m", "agentcg.cli.main", "exporter"),
             *("--listen", f"127.0.0.1:{port}", "--socket", str(daemon.socket)),
         ],
-        user=NOBODY,
-        group=NOBODY,
-        extra_groups=[],
-        env=for_others.env(daemon.socket),
-        cwd="/",
+        **for_others.as_uid(NOBODY, daemon.socket),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -38,11 +38,7 @@ call.end(tool.wait())
 def as_agent(daemon: RunningDaemon, others: ForOthers, *argv: str) -> str:
     done = subprocess.run(
         [others.python, "-m", "agentcg.cli.main", *argv],
-        user=AGENT_UID,
-        group=AGENT_UID,
-        extra_groups=[],
-        env=others.env(daemon.socket),
-        cwd="/",
+        **others.as_uid(AGENT_UID, daemon.socket),
         capture_output=True,
         text=True,
         timeout=WAIT_S,
@@ -82,11 +78,7 @@ def test_agent_sees_its_own_session_in_status_and_top(
         c.open_session("roots-task")  # not the agent's to see
         agent = subprocess.Popen(
             [others.python, "-c", AGENT],
-            user=AGENT_UID,
-            group=AGENT_UID,
-            extra_groups=[],
-            env=others.env(daemon.socket),
-            cwd="/",
+            **others.as_uid(AGENT_UID, daemon.socket),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
