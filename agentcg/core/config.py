@@ -107,6 +107,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, check.Checker]]] = {
             "thaw_room": check.size,
             "recheck_s": check.seconds(0.0, 10.0),
             "recheck_max_s": check.seconds(0.0, 60.0),
+            "reserve": check.choice("growth", "ask"),
+            "reserve_horizon_s": check.seconds(0.0, 600.0),
             "psi_stall_us": check.integer(1000, 10_000_000),
             "psi_window_us": check.integer(10_000, 10_000_000),
         },

@@ -44,6 +44,15 @@ def integer(lo: int, hi: int) -> Checker:
     return lambda key, v: _wrap(key, lambda: check_int(key, v, lo, hi))
 
 
+def choice(*options: str) -> Checker:
+    def checker(key: str, v: Any) -> str:
+        if v not in options:
+            raise fail(key, "one of " + ", ".join(f'"{o}"' for o in options), v)
+        return str(v)
+
+    return checker
+
+
 def seconds(lo: float, hi: float, *, lo_open: bool = True) -> Checker:
     return lambda key, v: _wrap(key, lambda: check_number(key, v, lo, hi, lo_open=lo_open))
 

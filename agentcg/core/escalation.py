@@ -14,11 +14,15 @@ The rules:
    (memory.oom.group); a call already at its ceiling is killed.
 2. **Priorities act only between ranks** (a priority's kill_order). Calls of the top
    rank running in the session are never throttled or frozen. A lower-ranked call may
-   grow only into the room the session's budget leaves after what higher-ranked calls
-   may still claim (the unused part of their memory.high): its own memory.high is
-   lowered to a tripwire at its usage plus its share of that room (throttled). Reaching
-   the tripwire with no room left, it is frozen; as soon as the room is back it is
-   thawed with a new tripwire; once nothing ranks above it, its own limits come back.
+   grow only into the room the session's budget leaves after what is kept for
+   higher-ranked calls: its own memory.high is lowered to a tripwire at its usage plus
+   its share of that room (throttled). Reaching the tripwire with no room left, it is
+   frozen; as soon as the room is back it is thawed with a new tripwire; once nothing
+   ranks above it, its own limits come back. What is kept for a higher call is, with
+   ``reserve = "growth"``, what it would grow at its recent rate within the horizon (at
+   least one step, at most the unused part of its memory.high): room it needs now, so
+   lower calls are not held back for a peak that may never come while the higher call
+   idles; with ``reserve = "ask"``, the whole unused part of its memory.high.
 3. **At the budget, the kernel decides.** When the session's charges fail at its budget
    the kernel's OOM killer runs within milliseconds; the daemon steers it with
    oom_score_adj by priority, so a lower-ranked call dies only when the alternative is
@@ -48,9 +52,12 @@ class MemoryConfig:
     psi_stall_us: int = 20_000  # without BPF: a call stalled this long on memory ...
     psi_window_us: int = 200_000  # ... within this window is checked at once
     recheck_max_s: float = 1.0  # recheck_s, then doubling while nothing changes, up to this
+    reserve: str = "growth"  # kept for higher calls: "growth" (recent rate) or "ask"
+    reserve_horizon_s: float = 2.0  # "growth": this many seconds of it
 
     def tuning(self) -> Tuning:
-        return Tuning(step=self.step, thaw_room=self.thaw_room)
+        horizon = self.reserve_horizon_s if self.reserve == "growth" else None
+        return Tuning(step=self.step, thaw_room=self.thaw_room, reserve_horizon_s=horizon)
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class CallSnapshot:
     max: int | None  # memory.max
     frozen: bool
     stuck: bool  # reported over its memory.high with reclaim freeing nothing, since last time
+    growth: int = 0  # bytes per second it grew since the session was last decided (>= 0)
 
     @property
     def throttled(self) -> bool:
@@ -83,6 +91,8 @@ class Snapshot:
 class Tuning:
     step: int  # smallest share of room worth a tripwire; below it a stuck call is frozen
     thaw_room: int  # share of room a frozen call needs before it is thawed
+    # Kept for a higher call: its growth over this many seconds (None: its whole claim).
+    reserve_horizon_s: float | None = None
 
 
 class Act(Enum):
@@ -119,6 +129,14 @@ def _claim(c: CallSnapshot) -> int:
     return 0 if limit is None else max(0, limit - c.usage)
 
 
+def _reserve(c: CallSnapshot, t: Tuning) -> int:
+    """What a higher-ranked call keeps from lower ones."""
+    claim = _claim(c)
+    if t.reserve_horizon_s is None:
+        return claim
+    return min(claim, max(t.step, int(c.growth * t.reserve_horizon_s)))
+
+
 def next_recheck(previous: float | None, changed: bool, base: float, most: float) -> float:
     """Seconds until a session with held-back calls is looked at again: ``base`` after
     a report or an action, doubling while decisions change nothing, up to ``most``
@@ -151,7 +169,7 @@ def decide(s: Snapshot, t: Tuning) -> list[Action]:
             out += _restore(c, Reason.RESTORED)
     running = sum(1 for c in lower if not c.frozen)
     for c in lower:
-        reserve = sum(_claim(d) for d in s.calls if d.rank > c.rank and not d.frozen)
+        reserve = sum(_reserve(d, t) for d in s.calls if d.rank > c.rank and not d.frozen)
         room = s.budget - s.usage - reserve
         if c.frozen:
             share = max(0, room) // (running + 1)

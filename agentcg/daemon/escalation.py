@@ -28,6 +28,8 @@ from agentcg.kernel.cgroup import CgroupError
 log = logging.getLogger("agentcg.daemon")
 
 # The metrics' action for each act (core.metrics.ACTIONS); a raised limit is a "raise".
+GROWTH_WINDOW_S = 1.0  # a call's growth rate is measured over windows this long
+
 _METRIC = {Act.FREEZE: "freeze", Act.THAW: "thaw", Act.KILL: "kill"}
 
 
@@ -38,6 +40,21 @@ class _Held:
     high: int | None  # memory.high in force
     own: int | None  # the call's own: its ask, or its memory.max once raised
     throttled: bool = False  # "throttled" was pushed and not yet "released"
+    seen: tuple[float, int] | None = None  # (monotonic s, memory.current): window start
+    rate: int = 0  # bytes per second grown over the last whole window
+
+    def growth(self, now: float, usage: int) -> int:
+        """Bytes per second the call is growing: over the window under way (since the
+        call began, or the last window ended) or the last whole one, whichever is more;
+        0 at a recovered call's first look."""
+        if self.seen is None or now <= self.seen[0]:
+            self.seen = self.seen or (now, usage)
+            return self.rate
+        since, before = self.seen
+        rate = max(0, int((usage - before) / (now - since)))
+        if now - since >= GROWTH_WINDOW_S:
+            self.seen, self.rate = (now, usage), rate
+        return max(rate, self.rate)
 
 
 class Escalation:
@@ -71,7 +88,8 @@ class Escalation:
 
     def begun(self, call: Call) -> None:
         """call.begin set memory.high to the call's ask (layout.create_call)."""
-        self._held[call.id] = _Held(call.limits.memory_high, call.limits.memory_high)
+        high = call.limits.memory_high
+        self._held[call.id] = _Held(high, high, seen=(time.monotonic(), 0))
 
     def forget(self, call: Call) -> None:
         """The call ended: drop what was kept for it; its session may have room now."""
@@ -125,18 +143,21 @@ class Escalation:
     def _snapshot(self, sess: Session, calls: list[Call]) -> Snapshot:
         reg = self.reg
         states = []
+        now = time.monotonic()
         for c in calls:
             held = self._held.get(c.id) or self._first_look(c)
+            usage = reg.call_cg(c).memory_current()
             states.append(
                 CallSnapshot(
                     call=c.id,
                     rank=reg.cfg.priorities[c.intent.priority].kill_order,
-                    usage=reg.call_cg(c).memory_current(),
+                    usage=usage,
                     high=held.high,
                     own_high=held.own,
                     max=c.limits.memory_max,
                     frozen=c.frozen_at is not None,
                     stuck=c.id in self._stuck,
+                    growth=held.growth(now, usage),
                 )
             )
         usage = reg.layout.session(sess.name).memory_current()

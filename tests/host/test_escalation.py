@@ -223,7 +223,65 @@ def test_the_decision_is_a_function_of_the_snapshot():
 
 def test_config_tuning():
     cfg = MemoryConfig(step=8 * MiB, thaw_room=24 * MiB)
-    assert cfg.tuning() == Tuning(step=8 * MiB, thaw_room=24 * MiB)
+    assert cfg.tuning() == Tuning(step=8 * MiB, thaw_room=24 * MiB, reserve_horizon_s=2.0)
+    ask = MemoryConfig(step=8 * MiB, thaw_room=24 * MiB, reserve="ask")
+    assert ask.tuning() == Tuning(step=8 * MiB, thaw_room=24 * MiB)
+
+
+# --- what is kept for higher calls: their whole ask, or their recent growth -----------
+
+G = Tuning(step=16 * MiB, thaw_room=32 * MiB, reserve_horizon_s=2.0)
+
+
+def grown(c: CallSnapshot, growth: int) -> CallSnapshot:
+    return CallSnapshot(
+        c.call, c.rank, c.usage, c.high, c.own_high, c.max, c.frozen, c.stuck, growth
+    )
+
+
+def test_an_idle_higher_call_keeps_one_step_not_its_whole_ask():
+    # HIGH asked 600 MiB and sits at 100; LOW reaches its tripwire at 300 MiB.
+    high = call("h", HIGH, 100 * MiB, 600 * MiB)
+    low = call("l", LOW, 300 * MiB, 300 * MiB, own=None, stuck=True)
+    # Kept for the whole ask: 1000 - 400 - 500 = 100 MiB of room.
+    assert acts(decide(snap(high, low), T)) == [(Act.SET_HIGH, "l", Reason.ROOM_BACK, 400 * MiB)]
+    # Kept for what HIGH needs now: one step, so LOW gets the rest.
+    assert acts(decide(snap(high, low), G)) == [
+        (Act.SET_HIGH, "l", Reason.ROOM_BACK, 300 * MiB + 584 * MiB)
+    ]
+
+
+def test_a_growing_higher_call_keeps_its_growth_over_the_horizon():
+    low = call("l", LOW, 300 * MiB, 300 * MiB, own=None, stuck=True)
+    # 100 MiB/s for 2 s: 200 MiB kept, 400 MiB of room left.
+    high = grown(call("h", HIGH, 100 * MiB, 600 * MiB), 100 * MiB)
+    assert acts(decide(snap(high, low), G)) == [(Act.SET_HIGH, "l", Reason.ROOM_BACK, 700 * MiB)]
+    # Never more than its unused ask: growing 1 GiB/s, it keeps 500 MiB, as with "ask".
+    fast = grown(call("h", HIGH, 100 * MiB, 600 * MiB), 1024 * MiB)
+    assert decide(snap(fast, low), G) == decide(snap(fast, low), T)
+    assert acts(decide(snap(fast, low), G)) == [(Act.SET_HIGH, "l", Reason.ROOM_BACK, 400 * MiB)]
+
+
+def test_a_frozen_lower_call_is_thawed_once_the_higher_one_stops_growing():
+    low = call("l", LOW, 300 * MiB, 300 * MiB, own=None, frozen=True)
+    growing = grown(call("h", HIGH, 400 * MiB, 800 * MiB), 200 * MiB)
+    assert decide(snap(growing, low), G) == []
+    idle = grown(call("h", HIGH, 400 * MiB, 800 * MiB), 0)
+    assert [a.act for a in decide(snap(idle, low), G)] == [Act.SET_HIGH, Act.THAW]
+
+
+def test_growth_is_measured_over_windows():
+    from agentcg.daemon.escalation import GROWTH_WINDOW_S, _Held
+
+    held = _Held(None, None, seen=(0.0, 0))
+    assert held.growth(0.5, 50 * MiB) == 100 * MiB  # the window under way
+    assert held.growth(GROWTH_WINDOW_S, 60 * MiB) == 60 * MiB  # a whole window
+    # The next window is flat: the last whole one still counts until it ends.
+    assert held.growth(GROWTH_WINDOW_S + 0.5, 60 * MiB) == 60 * MiB
+    assert held.growth(2 * GROWTH_WINDOW_S, 60 * MiB) == 0
+    # Shrinking is not negative growth; a recovered call starts at 0.
+    assert held.growth(3 * GROWTH_WINDOW_S, 10 * MiB) == 0
+    assert _Held(None, None).growth(5.0, 100 * MiB) == 0
 
 
 def test_a_session_without_a_planned_budget_is_bounded_by_its_cap():
