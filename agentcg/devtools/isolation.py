@@ -6,7 +6,9 @@ under one session budget, with each strategy side by side in one run:
 - ``static``: static per-tenant caps: each child gets memory.max = budget / tenants;
 - ``agentcg``: a real daemon: one session with the budget, the HIGH tenant a call with
   ``priority high`` and its memory ask, the LOW tenants calls with ``priority low`` and
-  no ask.
+  no ask;
+- ``agentcg-ask`` (only when asked for): the same with a second daemon whose
+  ``memory.reserve`` is ``"ask"``: LOW never takes room HIGH's ask could still claim.
 
 Tenants are real processes (agentcg.devtools.tenant) that allocate and touch memory
 as their trace says, timing every allocation. Per tenant the report gives survival
@@ -35,10 +37,12 @@ from agentcg.devtools.isolation_report import trace_name
 from agentcg.devtools.traces import load_trace
 from agentcg.kernel.cgroup import Cgroup, find_cgroup2_mount
 
-STRATEGIES = ("none", "static", "agentcg")
+STRATEGIES = ("none", "static", "agentcg", "agentcg-ask")
+DEFAULT_STRATEGIES = STRATEGIES[:3]
+RESERVE = {"agentcg": "growth", "agentcg-ask": "ask"}  # each daemon's memory.reserve
 START_DELAY_S = 1.0  # "go" is sent for t0 this far ahead, so every tenant starts at t0
 SAMPLE_S = 0.1  # memory.current of every tenant is sampled this often
-DAEMON_CONFIG = "[memory]\nbpf = {bpf}\n"
+DAEMON_CONFIG = '[memory]\nbpf = {bpf}\nreserve = "{reserve}"\n'
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class Plan:
     scale: float  # trace usage times this
     chunk: int  # bytes per allocation
     high_ask: int | None  # the HIGH call's memory ask under agentcg (None: its peak)
-    strategies: tuple[str, ...] = STRATEGIES
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     runs: int = 1
     bpf: bool = True  # the agentcg daemon's memory.bpf
 
@@ -241,9 +245,12 @@ def _wait_log(d: DaemonProcess, line: str, timeout: float) -> None:
         time.sleep(1)
 
 
-def start_daemon(work_dir: Path, bpf: bool, log: Callable[[str], None]) -> DaemonProcess:
-    """A daemon for the agentcg strategy; with BPF, once its probe is loaded."""
-    d = DaemonProcess("bench-iso", work_dir, DAEMON_CONFIG.format(bpf=str(bpf).lower()))
+def start_daemon(
+    work_dir: Path, bpf: bool, log: Callable[[str], None], reserve: str = "growth"
+) -> DaemonProcess:
+    """A daemon for an agentcg strategy; with BPF, once its probe is loaded."""
+    config = DAEMON_CONFIG.format(bpf=str(bpf).lower(), reserve=reserve)
+    d = DaemonProcess(f"bench-iso-{reserve}", work_dir, config)
     try:
         d.start()
     except RuntimeError:
@@ -265,9 +272,9 @@ def start_daemon(work_dir: Path, bpf: bool, log: Callable[[str], None]) -> Daemo
 
 
 def isolation(
-    plan: Plan, daemon: DaemonProcess | None, log: Callable[[str], None]
+    plan: Plan, daemons: dict[str, DaemonProcess], log: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Run the plan (``daemon``: the agentcg strategy's); a JSON-able report
+    """Run the plan (``daemons``: the agentcg strategies' by name); a JSON-able report
     (isolation_report renders it)."""
     tag = secrets.token_hex(3)
     runs: list[dict[str, list[dict[str, Any]]]] = []
@@ -277,10 +284,10 @@ def isolation(
         run: dict[str, list[dict[str, Any]]] = {}
         for name in order:
             log(f"{plan.speed:g}x run {r + 1}/{plan.runs}: {name}")
-            if name == "agentcg":
-                if daemon is None:
-                    raise RuntimeError("the agentcg strategy needs a daemon")
-                strategy: RawStrategy | AgentcgStrategy = AgentcgStrategy(plan, daemon, r)
+            if name in RESERVE:
+                if name not in daemons:
+                    raise RuntimeError(f"the {name} strategy needs a daemon")
+                strategy: RawStrategy | AgentcgStrategy = AgentcgStrategy(plan, daemons[name], r)
             else:
                 strategy = RawStrategy(name, plan, f"{tag}-{r}")
             tenants = run_strategy(strategy, plan)

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from agentcg.core.errors import AgentcgError
 from agentcg.core.intent import parse_size
-from agentcg.devtools.isolation import STRATEGIES, Plan, isolation, start_daemon
+from agentcg.devtools.isolation import (
+    DEFAULT_STRATEGIES,
+    RESERVE,
+    STRATEGIES,
+    Plan,
+    isolation,
+    start_daemon,
+)
 from agentcg.devtools.isolation_report import chart, render, summarize
 
 
@@ -34,7 +41,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=_size, default=_size("4M"), help="bytes per allocation")
     p.add_argument("--high-ask", type=_size, default=None, help="HIGH's ask [its peak]")
     p.add_argument("--runs", type=int, default=1)
-    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument(
+        "--strategies",
+        default=",".join(DEFAULT_STRATEGIES),
+        help=f"comma-separated, of {', '.join(STRATEGIES)}",
+    )
     p.add_argument("--no-bpf", action="store_true", help="agentcg with its fallback path")
     p.add_argument(
         "--detect-trials",
@@ -61,9 +72,18 @@ def main(argv: list[str]) -> int:
 
     speeds = [float(x) for x in a.speed.split(",") if x]
     bpf = not a.no_bpf
-    daemon = None
-    if "agentcg" in strategies or a.detect_trials:
-        daemon = start_daemon(out, bpf, log)
+    daemons = {}
+    try:
+        for name in strategies:
+            if name in RESERVE:
+                daemons[name] = start_daemon(out, bpf, log, RESERVE[name])
+        if a.detect_trials and "agentcg" not in daemons:
+            daemons["agentcg"] = start_daemon(out, bpf, log)
+    except BaseException:
+        for d in daemons.values():
+            d.remove()
+        raise
+    daemon = daemons.get("agentcg")
     reports: dict[str, dict[str, object]] = {}
     texts: list[str] = []
     try:
@@ -79,7 +99,7 @@ def main(argv: list[str]) -> int:
                 a.runs,
                 bpf,
             )
-            report = isolation(plan, daemon, log)
+            report = isolation(plan, daemons, log)
             summary = summarize(report)
             report["summary"] = summary
             texts.append(render(report, summary))
@@ -103,9 +123,9 @@ def main(argv: list[str]) -> int:
                     f"p99 {x['p99_ms']} ms, n={x['n']}"
                 )
     finally:
-        if daemon is not None:
-            (out / "daemon.log").write_text(daemon.log_tail(10_000_000))
-            daemon.remove()
+        for name, d in daemons.items():
+            (out / f"daemon-{name}.log").write_text(d.log_tail(10_000_000))
+            d.remove()
     text = "\n\n".join(texts)
     (out / "report.json").write_text(json.dumps(reports, indent=1) + "\n")
     (out / "report.txt").write_text(text + "\n")

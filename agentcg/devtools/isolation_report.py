@@ -72,7 +72,7 @@ def render(report: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
         f"memory x{plan['scale']:g}, "
         f"{len(report['runs'])} run(s), agentcg detection: {'bpf' if plan['bpf'] else 'events'}",
         "",
-        f"{'strategy':<10}{'alive':>8}{'HIGH':>6}{'HIGH p50/p95/p99 ms':>24}"
+        f"{'strategy':<12}{'alive':>8}{'HIGH':>6}{'HIGH p50/p95/p99 ms':>24}"
         f"{'HIGH done s':>13}{'vs none':>9}{'LOW done s':>12}{'thr/frz/kill':>14}",
     ]
     base = summary.get("none", {}).get("high_completion_s")
@@ -83,14 +83,15 @@ def render(report: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
         done = s["high_completion_s"]
         low = s["low_completion_s"]
         lines.append(
-            f"{name:<10}{s['survived']:>4}/{s['tenants']:<3}{s['high_survived']:>3}/{s['runs']:<2}"
+            f"{name:<12}{s['survived']:>4}/{s['tenants']:<3}{s['high_survived']:>3}/{s['runs']:<2}"
             f"{lat_s:>24}{done if done is not None else 'n/a':>13}{_pct(done, base):>9}"
             f"{low if low is not None else 'n/a':>12}"
             f"{s.get('throttles', 0):>6}/{s.get('freezes', 0)}/{s.get('kills', 0)}"
         )
-    if base_p95 and "agentcg" in summary and summary["agentcg"]["high_latency_ms"]:
-        p95 = summary["agentcg"]["high_latency_ms"]["p95"]
-        lines += ["", f"agentcg HIGH p95 allocation latency vs none: {_pct(p95, base_p95)}"]
+    for name in ("agentcg", "agentcg-ask"):
+        if base_p95 and name in summary and summary[name]["high_latency_ms"]:
+            p95 = summary[name]["high_latency_ms"]["p95"]
+            lines.append(f"{name} HIGH p95 allocation latency vs none: {_pct(p95, base_p95)}")
     for name, s in summary.items():
         for lost in s.get("lost", []):
             lines.append(f"  {name}: lost {lost}")
