@@ -3,7 +3,8 @@
 The guest shares this machine's root filesystem over 9p, so the checkout and its
 venv are visible as they are. Its console output is not reliable here, so the
 guest command writes its log and exit status into a shared read-write directory
-which we stream while it runs and read back afterwards.
+which we stream while it runs and read back afterwards; the guest's kernel log goes
+there too, so a guest that dies without a status leaves its last kernel messages.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug 2>
 export PYTHONDONTWRITEBYTECODE=1 AGENTCG_IN_VM=1 PATH={path}
 cd {cwd}
 echo ready > "$out/booted"
+dmesg -w > "$out/dmesg" 2>&1 &
 ( {cmd} ) >"$out/log" 2>&1 </dev/null
 echo $? > "$out/status.tmp" && mv "$out/status.tmp" "$out/status"
 sync
@@ -148,8 +150,11 @@ def _boot(
         _copy_new(log, pos)
     if not status.exists():
         tail = b"".join(console)[-3000:].decode(errors="replace")
+        dmesg = rwdir / "dmesg"
+        kmsg = dmesg.read_bytes()[-4000:].decode(errors="replace") if dmesg.exists() else ""
         raise VMError(
-            f"guest exited without a status (vng exit {proc.returncode}); console:\n{tail}"
+            f"guest exited without a status (vng exit {proc.returncode}); "
+            f"its kernel log ended:\n{kmsg}\nconsole:\n{tail}"
         )
     return int(status.read_text().strip() or "255")
 
