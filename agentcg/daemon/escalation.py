@@ -22,6 +22,7 @@ from typing import Any
 from agentcg.core import escalation
 from agentcg.core.escalation import Act, Action, CallSnapshot, Reason, Snapshot
 from agentcg.core.model import Call, Session
+from agentcg.core.policy import PAGE
 from agentcg.daemon.registry import Registry
 from agentcg.kernel.cgroup import CgroupError
 
@@ -168,7 +169,8 @@ class Escalation:
         whatever the previous daemon left (a tripwire, or a raised limit)."""
         ask = call.limits.memory_high
         now = self.reg.call_cg(call).read_int("memory.high")
-        if now == ask or ask is None:
+        # The kernel keeps memory.high in whole pages: an ask reads back rounded down.
+        if ask is None or now == ask - ask % PAGE:
             held = _Held(now, ask)
         elif now is None or now > ask:
             held = _Held(now, now)  # raised to its memory.max

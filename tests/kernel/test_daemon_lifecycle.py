@@ -42,7 +42,8 @@ def test_kill9_restart_recovers_sessions_and_calls(daemon: RunningDaemon) -> Non
     c = Client()
     c.open_session("work", memory="512M")
     c.open_session("orphans")
-    running = c.tool_call(session="work", memory="128M", label="sleep")
+    # An ask not in whole pages: memory.high reads back rounded down.
+    running = c.tool_call(session="work", memory=(128 << 20) + 1000, label="sleep")
     proc = running.popen(["sleep", "120"])
     finished = c.tool_call(session="work", memory="64M", label="true")
     finished.popen(["true"]).wait()  # exits, but its call is never ended
@@ -76,14 +77,18 @@ def test_kill9_restart_recovers_sessions_and_calls(daemon: RunningDaemon) -> Non
     # The unclaimed orphan is killed after reclaim_grace_s (5 s in the fixture).
     wait_for(lambda: not orphan_cg.exists(), 60, "the orphaned call to be killed and removed")
 
+    # The recovered daemon serves new work in the recovered session; deciding the
+    # session again takes the recovered call's rounded memory.high for its own ask,
+    # not for a tripwire to release.
+    with c.tool_call(session="work", memory="64M", label="echo") as again:
+        assert again.run(["true"]).returncode == 0
+    assert f"call {running.id} (sleep, normal): set_high" not in daemon.log_tail(1_000_000)
     proc.terminate()
     proc.wait()
     outcome = running.end(proc.returncode)
     assert outcome["signal"] == 15 and outcome["killed_reason"] is None
+    assert "released" not in [e["event"] for e in running.events]
     assert daemon.tool_cgroups() == []
-    # And the recovered daemon still serves new work in the recovered session.
-    with c.tool_call(session="work", memory="64M", label="echo") as again:
-        assert again.run(["true"]).returncode == 0
     c.close()
 
 
