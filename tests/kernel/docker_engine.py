@@ -12,12 +12,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
 import pytest
+from docker.models.containers import Container
 
 IMAGE = "agentcg-test:busybox"
+ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 600.0  # Go binaries read over 9p and run under TCG, on a busy machine
 
 
@@ -25,6 +28,31 @@ START_TIMEOUT_S = 600.0  # Go binaries read over 9p and run under TCG, on a busy
 class Engine:
     client: docker.DockerClient
     socket: Path
+
+
+def run_agent(engine: Engine, run_dir: Path, code: str, **options: Any) -> Container:
+    """Start ``python3 -c code`` as an agent in a container of the test image: the host's
+    /usr, /lib, /etc and this checkout read-only, the daemon's socket directory (``run_dir``,
+    read-only is enough to connect) at /run/agentcg, no network; ``options`` go to
+    ``containers.run`` (limits, labels)."""
+    ro = {"bind": None, "mode": "ro"}
+    volumes = {p: {**ro, "bind": p} for p in ("/usr", "/lib", "/lib64", "/etc", str(ROOT))}
+    volumes[str(run_dir)] = {"bind": "/run/agentcg", "mode": "ro"}
+    return engine.client.containers.run(
+        IMAGE,
+        ["/usr/bin/python3", "-c", code],
+        detach=True,
+        network_mode="none",
+        security_opt=["apparmor=unconfined"],  # the guest kernel has AppArmor, no parser
+        volumes=volumes,
+        environment={
+            "PYTHONPATH": str(ROOT),
+            "AGENTCG_SOCKET": "/run/agentcg/agentcg.sock",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        },
+        working_dir="/",
+        **options,
+    )
 
 
 def busybox_image() -> bytes:

@@ -7,18 +7,14 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from tests.kernel.daemon_fixture import RunningDaemon
-from tests.kernel.docker_engine import IMAGE, Engine, dockerd  # noqa: F401  (fixture)
+from tests.kernel.docker_engine import Engine, dockerd, run_agent  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.requires("docker")]
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # Runs inside the container as its root (= host uid 0, no user namespace): it must
 # still be an ordinary agent, confined to its container's default session, which nests
@@ -57,33 +53,12 @@ import time; time.sleep(600)  # until the test has looked at the session from ou
 """
 
 
-@pytest.fixture(scope="module")
-def engine(dockerd: Engine) -> docker.DockerClient:  # noqa: F811  (the imported fixture)
-    return dockerd.client
-
-
 def test_container_agent_is_bound_to_its_container(
-    engine: docker.DockerClient, daemon: RunningDaemon
+    dockerd: Engine,  # noqa: F811  (the imported fixture)
+    daemon: RunningDaemon,
 ) -> None:
-    ro = {"bind": None, "mode": "ro"}
-    volumes = {p: {**ro, "bind": p} for p in ("/usr", "/lib", "/lib64", "/etc", str(ROOT))}
-    # Agents get the socket's directory, and read-only is enough to connect.
-    volumes[str(daemon.run_dir)] = {"bind": "/run/agentcg", "mode": "ro"}
-    container = engine.containers.run(
-        IMAGE,
-        ["/usr/bin/python3", "-c", AGENT],
-        detach=True,
-        network_mode="none",
-        mem_limit="128m",
-        security_opt=["apparmor=unconfined"],  # the guest kernel has AppArmor, no parser
-        volumes=volumes,
-        environment={
-            "PYTHONPATH": str(ROOT),
-            "AGENTCG_SOCKET": "/run/agentcg/agentcg.sock",
-            "PYTHONDONTWRITEBYTECODE": "1",
-        },
-        working_dir="/",
-    )
+    # The container's own memory limit: 128 MiB.
+    container = run_agent(dockerd, daemon.run_dir, AGENT, mem_limit="128m")
     cid = container.id
     try:
         deadline = time.monotonic() + 300

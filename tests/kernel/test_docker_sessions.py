@@ -15,11 +15,10 @@ import pytest
 from agentcg.client.stats import fetch_stats
 from agentcg.kernel.cgroup import Cgroup, find_cgroup2_mount
 from tests.kernel.daemon_fixture import RunningDaemon
-from tests.kernel.docker_engine import IMAGE, Engine, dockerd  # noqa: F401  (fixture)
+from tests.kernel.docker_engine import Engine, dockerd, run_agent  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.requires("docker")]
 
-ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 240.0
 
 # Inside the container: wait until the daemon gave it its session, run one tool call
@@ -65,24 +64,8 @@ def test_labelled_container_gets_its_session_until_it_stops(
     daemon_following: RunningDaemon,
 ) -> None:
     daemon = daemon_following
-    ro = {"bind": None, "mode": "ro"}
-    volumes = {p: {**ro, "bind": p} for p in ("/usr", "/lib", "/lib64", "/etc", str(ROOT))}
-    volumes[str(daemon.run_dir)] = {"bind": "/run/agentcg", "mode": "ro"}
-    container = dockerd.client.containers.run(
-        IMAGE,
-        ["/usr/bin/python3", "-c", AGENT],
-        detach=True,
-        network_mode="none",
-        security_opt=["apparmor=unconfined"],  # the guest kernel has AppArmor, no parser
-        labels={"agentcg.session": "boxed", "agentcg.memory": "96M", "agentcg.priority": "high"},
-        volumes=volumes,
-        environment={
-            "PYTHONPATH": str(ROOT),
-            "AGENTCG_SOCKET": "/run/agentcg/agentcg.sock",
-            "PYTHONDONTWRITEBYTECODE": "1",
-        },
-        working_dir="/",
-    )
+    labels = {"agentcg.session": "boxed", "agentcg.memory": "96M", "agentcg.priority": "high"}
+    container = run_agent(dockerd, daemon.run_dir, AGENT, labels=labels)
     try:
         wait("the agent's report", lambda: b"session" in container.logs())
         seen = json.loads(container.logs().decode().strip().splitlines()[-1])
