@@ -70,7 +70,7 @@ class CallSnapshot:
     max: int | None  # memory.max
     frozen: bool
     stuck: bool  # reported over its memory.high with reclaim freeing nothing, since last time
-    growth: int = 0  # bytes per second it grew since the session was last decided (>= 0)
+    growth: int = 0  # bytes per second it is growing, as the daemon measured it (>= 0)
 
     @property
     def throttled(self) -> bool:

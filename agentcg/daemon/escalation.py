@@ -3,7 +3,8 @@
 A session is decided again when something may have changed: a report of trouble (a
 call stuck over its memory.high, the session at its budget; from memdetect.py), a
 call beginning or ending, or, while any of its calls is held back (throttled or
-frozen), a tick: every ``memory.recheck_s`` after a report or an action, doubling
+frozen) or, with ``memory.reserve = "growth"``, while calls of different priorities
+share its budget (their growth must be measured before it is needed), a tick: every ``memory.recheck_s`` after a report or an action, doubling
 while decisions change nothing, up to ``memory.recheck_max_s``. Reports that arrive
 together are decided together on the next loop turn. The decision reads a Snapshot
 from cgroupfs; each action is written to cgroupfs, published once as an event on its
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,15 +24,15 @@ from typing import Any
 from agentcg.core import escalation
 from agentcg.core.escalation import Act, Action, CallSnapshot, Reason, Snapshot
 from agentcg.core.model import Call, Session
-from agentcg.core.policy import PAGE
 from agentcg.daemon.registry import Registry
 from agentcg.kernel.cgroup import CgroupError
 
 log = logging.getLogger("agentcg.daemon")
+PAGE = mmap.PAGESIZE
 
-# The metrics' action for each act (core.metrics.ACTIONS); a raised limit is a "raise".
 GROWTH_WINDOW_S = 1.0  # a call's growth rate is measured over windows this long
 
+# The metrics' action for each act (core.metrics.ACTIONS); a raised limit is a "raise".
 _METRIC = {Act.FREEZE: "freeze", Act.THAW: "thaw", Act.KILL: "kill"}
 
 
@@ -42,19 +44,21 @@ class _Held:
     own: int | None  # the call's own: its ask, or its memory.max once raised
     throttled: bool = False  # "throttled" was pushed and not yet "released"
     seen: tuple[float, int] | None = None  # (monotonic s, memory.current): window start
-    rate: int = 0  # bytes per second grown over the last whole window
+    rate: int = 0  # growth per second the last windows showed, halving each window
 
     def growth(self, now: float, usage: int) -> int:
-        """Bytes per second the call is growing: over the window under way (since the
-        call began, or the last window ended) or the last whole one, whichever is more;
-        0 at a recovered call's first look."""
-        if self.seen is None or now <= self.seen[0]:
-            self.seen = self.seen or (now, usage)
+        """Bytes per second the call is growing, for what is kept for it: what it grew
+        in the window under way (since it began, or the last window closed) counted as
+        one window's growth, however long or short the window has been (a burst seen
+        late or early is not averaged away or blown up); or, if more, what earlier
+        windows showed, halved per window. 0 at a recovered call's first look."""
+        if self.seen is None:
+            self.seen = (now, usage)
             return self.rate
         since, before = self.seen
-        rate = max(0, int((usage - before) / (now - since)))
+        rate = int(max(0, usage - before) / GROWTH_WINDOW_S)
         if now - since >= GROWTH_WINDOW_S:
-            self.seen, self.rate = (now, usage), rate
+            self.seen, self.rate = (now, usage), max(rate, self.rate // 2)
         return max(rate, self.rate)
 
 
@@ -130,7 +134,9 @@ class Escalation:
         actions = escalation.decide(snap, self.reg.cfg.memory.tuning())
         for action in actions:
             self._act(sess, by_id[action.call], action, snap, first)
-        if any(c.frozen_at is not None or self._held[c.id].throttled for c in calls):
+        if any(c.frozen_at is not None or self._held[c.id].throttled for c in calls) or (
+            self._watch_growth(snap)
+        ):
             cfg = self.reg.cfg.memory
             changed = bool(actions) or first is not None
             interval = escalation.next_recheck(
@@ -140,6 +146,16 @@ class Escalation:
             self._ticks[name] = asyncio.get_running_loop().call_later(interval, self.poke, name)
         else:
             self._interval.pop(name, None)
+
+    def _watch_growth(self, snap: Snapshot) -> bool:
+        """Whether to keep looking at a session where nothing is held back: when what is
+        kept for higher calls follows their growth, it must be measured before a lower
+        call's tripwire or the budget is reached."""
+        return (
+            self.reg.cfg.memory.reserve == "growth"
+            and snap.budget is not None
+            and len({c.rank for c in snap.calls}) > 1
+        )
 
     def _snapshot(self, sess: Session, calls: list[Call]) -> Snapshot:
         reg = self.reg
@@ -170,8 +186,10 @@ class Escalation:
         ask = call.limits.memory_high
         now = self.reg.call_cg(call).read_int("memory.high")
         # The kernel keeps memory.high in whole pages: an ask reads back rounded down.
-        if ask is None or now == ask - ask % PAGE:
-            held = _Held(now, ask)
+        if ask is None:
+            held = _Held(now, None)  # "max", or a tripwire still to be lifted
+        elif now == ask - ask % PAGE:
+            held = _Held(ask, ask)
         elif now is None or now > ask:
             held = _Held(now, now)  # raised to its memory.max
         else:

@@ -271,17 +271,59 @@ def test_a_frozen_lower_call_is_thawed_once_the_higher_one_stops_growing():
 
 
 def test_growth_is_measured_over_windows():
-    from agentcg.daemon.escalation import GROWTH_WINDOW_S, _Held
+    from agentcg.daemon.escalation import GROWTH_WINDOW_S as W
+    from agentcg.daemon.escalation import _Held
 
     held = _Held(None, None, seen=(0.0, 0))
-    assert held.growth(0.5, 50 * MiB) == 100 * MiB  # the window under way
-    assert held.growth(GROWTH_WINDOW_S, 60 * MiB) == 60 * MiB  # a whole window
-    # The next window is flat: the last whole one still counts until it ends.
-    assert held.growth(GROWTH_WINDOW_S + 0.5, 60 * MiB) == 60 * MiB
-    assert held.growth(2 * GROWTH_WINDOW_S, 60 * MiB) == 0
+    # A window under way counts what it grew as one window's growth: 2 MiB seen just
+    # after the start is not 1 GiB/s, and 50 MiB seen late is not averaged away.
+    assert held.growth(0.002, 2 * MiB) == int(2 * MiB / W)
+    assert held.growth(0.5 * W, 50 * MiB) == int(50 * MiB / W)
+    assert held.growth(5 * W, 60 * MiB) == int(60 * MiB / W)  # closes the window
+    # Flat afterwards: what the last windows showed halves per window, not at once.
+    assert held.growth(5.5 * W, 60 * MiB) == int(60 * MiB / W)
+    assert held.growth(6 * W, 60 * MiB) == int(30 * MiB / W)
+    assert held.growth(7 * W, 60 * MiB) == int(15 * MiB / W)
     # Shrinking is not negative growth; a recovered call starts at 0.
-    assert held.growth(3 * GROWTH_WINDOW_S, 10 * MiB) == 0
+    assert held.growth(8 * W, 10 * MiB) == int(7.5 * MiB / W)
     assert _Held(None, None).growth(5.0, 100 * MiB) == 0
+
+
+class _Leaf:
+    def __init__(self, high: int | None) -> None:
+        self.high = high
+
+    def read_int(self, name: str) -> int | None:
+        assert name == "memory.high"
+        return self.high
+
+
+def _first_look(ask: int | None, high: int | None):  # type: ignore[no-untyped-def]
+    """What a restarted daemon makes of a recovered call's memory.high."""
+    from types import SimpleNamespace
+
+    from agentcg.daemon.escalation import Escalation
+
+    leaf = _Leaf(high)
+    reg = SimpleNamespace(call_cg=lambda call: leaf)
+    call = SimpleNamespace(id="c1", limits=SimpleNamespace(memory_high=ask))
+    return Escalation(reg)._first_look(call)  # type: ignore[arg-type]
+
+
+def test_recovery_reads_an_ask_rounded_to_pages_as_the_ask():
+    from agentcg.daemon.escalation import PAGE
+
+    ask = 128 * MiB + 1000
+    held = _first_look(ask, ask - ask % PAGE)
+    assert (held.high, held.own, held.throttled) == (ask, ask, False)
+    # A tripwire below it, or a limit raised above it, are what they are.
+    trip = _first_look(ask, 64 * MiB)
+    assert (trip.high, trip.own, trip.throttled) == (64 * MiB, ask, True)
+    raised = _first_look(ask, None)
+    assert (raised.high, raised.own) == (None, None)
+    # Without an ask, a tripwire stays one, to be lifted.
+    free = _first_look(None, 64 * MiB)
+    assert (free.high, free.own) == (64 * MiB, None)
 
 
 def test_a_session_without_a_planned_budget_is_bounded_by_its_cap():
