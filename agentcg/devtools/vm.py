@@ -114,6 +114,9 @@ def _boot(
     ]
     if not kvm:
         argv.append("--disable-kvm")
+    # The console, kept for a guest that dies without a status: a panic is printed
+    # there, and only errors and worse (a serial console is slow under emulation).
+    argv += ["--verbose", "--append", "loglevel=4"]
     env = dict(os.environ)
     env["PATH"] = f"{Path(argv[0]).parent}:{env.get('PATH', '')}"
     proc = subprocess.Popen(
