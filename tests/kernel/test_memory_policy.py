@@ -118,6 +118,28 @@ def test_high_keeps_running_while_low_bursts_then_low_is_thawed(daemon: RunningD
     assert "released" in seen
 
 
+def test_low_is_not_held_back_for_an_idle_high_calls_unused_ask(daemon: RunningDaemon) -> None:
+    # reserve = "growth" (the default): HIGH asked for 200M but holds 20 MiB and idles,
+    # so LOW may use the room HIGH does not need now; with reserve = "ask" it could not
+    # pass ~320 - 200 - interpreters and would be frozen until HIGH ended.
+    with Client() as c:
+        session = c.open_session("idle-high", memory="320M")
+        high = c.tool_call(session=session, memory="200M", priority="high", label="pytest")
+        holder = touch(high, 20, "hold")
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        low = c.tool_call(session=session, priority="low", label="build")
+        with low:
+            assert low.run([sys.executable, "-c", TOUCH, "150", "exit"]).returncode == 0
+        assert holder.poll() is None
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(120)
+        high_out = high.end(holder.returncode)
+    assert low.outcome is not None and low.outcome["killed_reason"] is None
+    assert not low.outcome["frozen"] and "frozen" not in names(low), names(low)
+    assert high_out["exit_status"] == 0 and "throttled" not in names(high)
+
+
 AGENT = (
     "import sys, time\n"
     "from agentcg.client import Client\n"
