@@ -4,8 +4,9 @@ A session is decided again when something may have changed: a report of trouble 
 call stuck over its memory.high, the session at its budget; from memdetect.py), a
 call beginning or ending, or, while any of its calls is held back (throttled or
 frozen) or, with ``memory.reserve = "growth"``, while calls of different priorities
-share its budget (their growth must be measured before it is needed), a tick: every ``memory.recheck_s`` after a report or an action, doubling
-while decisions change nothing, up to ``memory.recheck_max_s``. Reports that arrive
+share its budget (their growth must be measured before it is needed), a tick: every
+``memory.recheck_s`` after a report or an action, doubling while decisions change
+nothing, up to ``memory.recheck_max_s``. Reports that arrive
 together are decided together on the next loop turn. The decision reads a Snapshot
 from cgroupfs; each action is written to cgroupfs, published once as an event on its
 call (with the numbers and ``at_ns``, the time of the write) and logged with call,

@@ -7,6 +7,11 @@ locks its cgroup root directory the same way, so two daemons with different stat
 directories cannot share one root and kill each other's calls as orphans. The kernel
 drops both locks when the process dies, however it dies, so a daemon killed with -9
 never blocks its successor.
+
+The sched_ext scheduler is one per host, so whichever daemon runs it holds a third,
+host-wide lock (``SCHED_LOCK``) while it does: another daemon on the host (a test's, a
+benchmark's) leaves it alone instead of replacing it, and a successor of a daemon that
+died finds the lock free and takes over the scheduler it left pinned.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Callable
 from agentcg.core.errors import AgentcgError
 
 LOCK_FILE = "daemon.lock"
+SCHED_LOCK = "/run/agentcg-sched.lock"
 
 
 class DaemonLock:
@@ -49,6 +55,30 @@ class DaemonLock:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             _take(fd, f"cgroup root {path}", lambda: _supervisor_pid(path))
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, path)
+
+    @classmethod
+    def scheduler(cls, path: str = SCHED_LOCK) -> DaemonLock:
+        """The right to run the host's sched_ext scheduler; records our pid."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                pid = _read_pid(fd)
+                raise AgentcgError(
+                    "conflict",
+                    f"another agentcg daemon{f' (pid {pid})' if pid else ''} runs the "
+                    "sched_ext scheduler on this host; this one's calls use the fair class "
+                    "until it stops",
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except BaseException:
             os.close(fd)
             raise

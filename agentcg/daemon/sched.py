@@ -7,7 +7,9 @@ scheduler's map; at call.attach it puts the tool process on SCHED_EXT before it 
 its outcome. Once a second it checks that the scheduler still runs. If it stopped (a
 scheduler error, the watchdog, sysrq-S, someone unpinning it), tool calls are already
 back on the fair class, where their cgroups' cpu.weight and cpu.max apply: the daemon
-logs why, reports "fallback" and loads it again with backoff.
+logs why, reports "fallback" and loads it again with backoff. Only the daemon holding
+the host-wide scheduler lock (agentcg.daemon.lock) loads, unloads or uses it; another
+daemon on the host falls back, and takes over once that one is gone.
 
 Setting the policy here rather than in the client: the daemon has just verified the
 process (SO_PEERCRED, token, ancestry) and moved it; it alone knows whether the
@@ -34,6 +36,7 @@ from agentcg.core.sched import (
     reload_delay,
     runs_on_ext,
 )
+from agentcg.daemon.lock import SCHED_LOCK, DaemonLock
 from agentcg.daemon.registry import Registry
 from agentcg.kernel.cgroup import Cgroup, CgroupError
 
@@ -45,8 +48,12 @@ POLL_S = 1.0  # how often to check that the scheduler still runs
 class SchedService:
     """States: disabled (config), unsupported (kernel), loading, running, fallback."""
 
-    def __init__(self, reg: Registry, scheduler: scx.Scheduler | None = None) -> None:
+    def __init__(
+        self, reg: Registry, scheduler: scx.Scheduler | None = None, lock_path: str = SCHED_LOCK
+    ) -> None:
         self.reg = reg
+        self.lock_path = lock_path
+        self._lock: DaemonLock | None = None  # held while this daemon owns the scheduler
         self.sc = reg.cfg.sched
         self.scheduler = scheduler or scx.Scheduler()
         self.state = "disabled"
@@ -79,13 +86,16 @@ class SchedService:
                 await self._work
         if self._timer:
             self._timer.cancel()
-        if self.state in ("running", "fallback"):
+        if self._lock is not None and self.state in ("running", "fallback"):
             try:
                 await asyncio.to_thread(self.scheduler.unload)
             except AgentcgError as e:
                 log.warning("could not unload the agentcg scheduler: %s", e.message)
             log.info("agentcg scheduler unloaded")
         self.scheduler.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     async def _load(self, fresh: bool) -> None:
         """Load: fresh at start (a predecessor's scheduler and maps are replaced), else
@@ -93,6 +103,8 @@ class SchedService:
         last one stop must not stop the next."""
         ks = scx.kernel_state()
         try:
+            if self._lock is None:
+                self._lock = DaemonLock.scheduler(self.lock_path)
             if ks.state == "enabled" and not ks.ours:
                 raise AgentcgError(
                     "unavailable",
@@ -159,7 +171,7 @@ class SchedService:
     # ------------------------------------------------------------ per call
 
     def _active(self) -> bool:
-        return self.state in ("running", "fallback", "loading")
+        return self._lock is not None and self.state in ("running", "fallback", "loading")
 
     def _session_cpu(self, call: Call) -> float | None:
         sess = self.reg.sessions.get(call.session)

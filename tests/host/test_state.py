@@ -143,3 +143,13 @@ def test_second_lock_names_the_holder(tmp_path: Path) -> None:
         DaemonLock.state_dir(second.open(), "x")
     held.close()
     DaemonLock.state_dir(second.open(), "x").close()
+
+
+def test_one_daemon_per_host_runs_the_scheduler(tmp_path: Path) -> None:
+    path = str(tmp_path / "sched.lock")
+    owner = DaemonLock.scheduler(path)
+    with pytest.raises(Exception, match=rf"daemon \(pid {os.getpid()}\) runs the sched_ext"):
+        DaemonLock.scheduler(path)
+    # Gone (closed, or its process died): the next daemon takes over.
+    owner.close()
+    DaemonLock.scheduler(path).close()

@@ -117,3 +117,38 @@ def test_daemon_crash_leaves_the_scheduler_running(daemon: RunningDaemon) -> Non
     c.request("call.end", call=hog.id, token=hog.token, exit_status=-9)
     daemon.stop()
     wait_for(lambda: not scx.kernel_state().ours, 60, "the stopping daemon to unload it")
+
+
+@pytest.mark.parametrize("daemon", [SCHED], indirect=True)
+def test_a_second_daemon_leaves_the_scheduler_to_the_first(
+    daemon: RunningDaemon, tmp_path: Path
+) -> None:
+    wait_for(lambda: scx.kernel_state().ours, 120, "the first daemon to load the scheduler")
+    first = Client()
+    # Another daemon on the host (a benchmark's, a test's) used to replace the first's
+    # scheduler, which then replaced it back, and so on.
+    second = RunningDaemon(tmp_path, SCHED + "\nreload_backoff_max_s = 2")
+    second.start()
+    os.environ["AGENTCG_SOCKET"] = str(daemon.socket)
+    try:
+        c2 = Client(str(second.socket))
+        wait_for(
+            lambda: "runs the sched_ext scheduler" in str(sched_ext_stats(c2)["agentcg"]),
+            120,
+            "the second daemon to fall back",
+        )
+        assert str(sched_ext_stats(c2)["agentcg"]).startswith("fallback")
+        # Its calls run on the fair class; the first's scheduler stays as it was.
+        call = c2.tool_call(priority="high", latency_sensitive=True, label="busy")
+        assert call.run([sys.executable, "-c", BUSY_POLICY]).returncode == 0
+        assert sched_ext_stats(first)["counters"]["loads"] == 1
+        assert scx.kernel_state().ours
+        # The first stops: the second takes the scheduler over.
+        first.close()
+        daemon.stop()
+        wait_for(lambda: sched_ext_stats(c2)["counters"]["loads"] >= 1, 120, "the takeover")
+        assert scx.kernel_state().ours
+        c2.close()
+    finally:
+        second.cleanup()
+    wait_for(lambda: not scx.kernel_state().ours, 60, "the second daemon to unload it")
