@@ -20,7 +20,8 @@ The rules:
    frozen; as soon as the room is back it is thawed with a new tripwire; once nothing
    ranks above it, its own limits come back. What is kept for a higher call is, with
    ``reserve = "growth"``, what it would grow at its recent rate within the horizon (at
-   least one step, at most the unused part of its memory.high): room it needs now, so
+   least one step, at most the unused part of its memory.high; all of that until its
+   growth has been measured over a whole window): room it needs now, so
    lower calls are not held back for a peak that may never come while the higher call
    idles; with ``reserve = "ask"``, the whole unused part of its memory.high.
 3. **At the budget, the kernel decides.** When the session's charges fail at its budget
@@ -70,7 +71,9 @@ class CallSnapshot:
     max: int | None  # memory.max
     frozen: bool
     stuck: bool  # reported over its memory.high with reclaim freeing nothing, since last time
-    growth: int = 0  # bytes per second it is growing, as the daemon measured it (>= 0)
+    # Bytes per second it is growing, as the daemon measured it; None: not measured over
+    # a whole window yet (a call just begun, or just recovered).
+    growth: int | None = 0
 
     @property
     def throttled(self) -> bool:
@@ -132,7 +135,7 @@ def _claim(c: CallSnapshot) -> int:
 def _reserve(c: CallSnapshot, t: Tuning) -> int:
     """What a higher-ranked call keeps from lower ones."""
     claim = _claim(c)
-    if t.reserve_horizon_s is None:
+    if t.reserve_horizon_s is None or c.growth is None:
         return claim
     return min(claim, max(t.step, int(c.growth * t.reserve_horizon_s)))
 

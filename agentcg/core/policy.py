@@ -170,9 +170,13 @@ def _sized(
             f"({cfg.session.memory_overcommit:g}x its {format_size(budget)} budget): "
             f"wait for running calls to end, {fix}or open the session with a larger --memory."
         )
+    # The ceiling comes from the ask as given (or the default size). An undeclared
+    # call's default shrinks to what may still be promised, but only as its
+    # memory.high, the point where the daemon looks at it: a hard cap made of whatever
+    # the calls before it left would kill a call that fits the budget.
+    mmax = budget if ask is None else min(budget, _page_up(ask * cfg.call.memory_headroom))
     if ask is not None:
         ask = min(ask, budget, allowance)
-    mmax = budget if ask is None else min(budget, _page_up(ask * cfg.call.memory_headroom))
     prio = cfg.priorities[intent.priority]
     low = 0 if ask is None else _page_down(ask * prio.memory_low_fraction)
     if committed.protected + low > budget:

@@ -46,21 +46,23 @@ class _Held:
     throttled: bool = False  # "throttled" was pushed and not yet "released"
     seen: tuple[float, int] | None = None  # (monotonic s, memory.current): window start
     rate: int = 0  # growth per second the last windows showed, halving each window
+    measured: bool = False  # a whole window has been seen
 
-    def growth(self, now: float, usage: int) -> int:
+    def growth(self, now: float, usage: int) -> int | None:
         """Bytes per second the call is growing, for what is kept for it: what it grew
         in the window under way (since it began, or the last window closed) counted as
         one window's growth, however long or short the window has been (a burst seen
         late or early is not averaged away or blown up); or, if more, what earlier
-        windows showed, halved per window. 0 at a recovered call's first look."""
+        windows showed, halved per window. None until a whole window has been seen
+        since the call began or was first looked at after a restart."""
         if self.seen is None:
             self.seen = (now, usage)
-            return self.rate
+            return None
         since, before = self.seen
         rate = int(max(0, usage - before) / GROWTH_WINDOW_S)
         if now - since >= GROWTH_WINDOW_S:
-            self.seen, self.rate = (now, usage), max(rate, self.rate // 2)
-        return max(rate, self.rate)
+            self.seen, self.rate, self.measured = (now, usage), max(rate, self.rate // 2), True
+        return max(rate, self.rate) if self.measured else None
 
 
 class Escalation:

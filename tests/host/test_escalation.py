@@ -262,6 +262,12 @@ def test_a_growing_higher_call_keeps_its_growth_over_the_horizon():
     assert acts(decide(snap(fast, low), G)) == [(Act.SET_HIGH, "l", Reason.ROOM_BACK, 400 * MiB)]
 
 
+def test_a_higher_call_not_yet_measured_keeps_its_whole_claim():
+    high = grown(call("h", HIGH, 100 * MiB, 600 * MiB), None)  # type: ignore[arg-type]
+    low = call("l", LOW, 300 * MiB, 300 * MiB, own=None, stuck=True)
+    assert decide(snap(high, low), G) == decide(snap(high, low), T)
+
+
 def test_a_frozen_lower_call_is_thawed_once_the_higher_one_stops_growing():
     low = call("l", LOW, 300 * MiB, 300 * MiB, own=None, frozen=True)
     growing = grown(call("h", HIGH, 400 * MiB, 800 * MiB), 200 * MiB)
@@ -275,18 +281,23 @@ def test_growth_is_measured_over_windows():
     from agentcg.daemon.escalation import _Held
 
     held = _Held(None, None, seen=(0.0, 0))
-    # A window under way counts what it grew as one window's growth: 2 MiB seen just
-    # after the start is not 1 GiB/s, and 50 MiB seen late is not averaged away.
-    assert held.growth(0.002, 2 * MiB) == int(2 * MiB / W)
-    assert held.growth(0.5 * W, 50 * MiB) == int(50 * MiB / W)
-    assert held.growth(5 * W, 60 * MiB) == int(60 * MiB / W)  # closes the window
+    # Not measured before a whole window has been seen: its whole claim is kept.
+    assert held.growth(0.002, 2 * MiB) is None
+    assert held.growth(0.5 * W, 50 * MiB) is None
+    # What a window grew counts as one window's growth, however long it was: 60 MiB
+    # seen 5 windows after the start is not averaged away.
+    assert held.growth(5 * W, 60 * MiB) == int(60 * MiB / W)
     # Flat afterwards: what the last windows showed halves per window, not at once.
     assert held.growth(5.5 * W, 60 * MiB) == int(60 * MiB / W)
     assert held.growth(6 * W, 60 * MiB) == int(30 * MiB / W)
     assert held.growth(7 * W, 60 * MiB) == int(15 * MiB / W)
-    # Shrinking is not negative growth; a recovered call starts at 0.
+    # Shrinking is not negative growth.
     assert held.growth(8 * W, 10 * MiB) == int(7.5 * MiB / W)
-    assert _Held(None, None).growth(5.0, 100 * MiB) == 0
+    # In a window just begun, 2 MiB is not 1 GiB/s.
+    fresh = _Held(None, None, seen=(0.0, 0), measured=True)
+    assert fresh.growth(0.002, 2 * MiB) == int(2 * MiB / W)
+    # A recovered call is first looked at unmeasured.
+    assert _Held(None, None).growth(5.0, 100 * MiB) is None
 
 
 class _Leaf:
