@@ -19,11 +19,13 @@ The rules:
    its share of that room (throttled). Reaching the tripwire with no room left, it is
    frozen; as soon as the room is back it is thawed with a new tripwire; once nothing
    ranks above it, its own limits come back. What is kept for a higher call is, with
+   ``reserve = "ask"`` (the default), the whole unused part of its memory.high; with
    ``reserve = "growth"``, what it would grow at its recent rate within the horizon (at
    least one step, at most the unused part of its memory.high; all of that until its
-   growth has been measured over a whole window): room it needs now, so
-   lower calls are not held back for a peak that may never come while the higher call
-   idles; with ``reserve = "ask"``, the whole unused part of its memory.high.
+   growth has been measured over a whole window): lower calls are not held back for a
+   peak that may never come while the higher call idles, but one that grew while it
+   idled holds memory a later burst of it needs, and the kernel then OOM-kills it
+   (docs/benchmarks.md, the 300 MiB run).
 3. **At the budget, the kernel decides.** When the session's charges fail at its budget
    the kernel's OOM killer runs within milliseconds; the daemon steers it with
    oom_score_adj by priority, so a lower-ranked call dies only when the alternative is
@@ -53,7 +55,7 @@ class MemoryConfig:
     psi_stall_us: int = 20_000  # without BPF: a call stalled this long on memory ...
     psi_window_us: int = 200_000  # ... within this window is checked at once
     recheck_max_s: float = 1.0  # recheck_s, then doubling while nothing changes, up to this
-    reserve: str = "growth"  # kept for higher calls: "growth" (recent rate) or "ask"
+    reserve: str = "ask"  # kept for higher calls: "ask" (all they may claim) or "growth"
     reserve_horizon_s: float = 2.0  # "growth": this many seconds of it
 
     def tuning(self) -> Tuning:

@@ -7,8 +7,8 @@ under one session budget, with each strategy side by side in one run:
 - ``agentcg``: a real daemon: one session with the budget, the HIGH tenant a call with
   ``priority high`` and its memory ask, the LOW tenants calls with ``priority low`` and
   no ask;
-- ``agentcg-ask`` (only when asked for): the same with a second daemon whose
-  ``memory.reserve`` is ``"ask"``: LOW never takes room HIGH's ask could still claim.
+- ``agentcg-growth`` (only when asked for): the same with a second daemon whose
+  ``memory.reserve`` is ``"growth"``: LOW is held back only while HIGH grows.
 
 Tenants are real processes (agentcg.devtools.tenant) that allocate and touch memory
 as their trace says, timing every allocation. Per tenant the report gives survival
@@ -37,9 +37,9 @@ from agentcg.devtools.isolation_report import trace_name
 from agentcg.devtools.traces import load_trace
 from agentcg.kernel.cgroup import Cgroup, find_cgroup2_mount
 
-STRATEGIES = ("none", "static", "agentcg", "agentcg-ask")
+STRATEGIES = ("none", "static", "agentcg", "agentcg-growth")
 DEFAULT_STRATEGIES = STRATEGIES[:3]
-RESERVE = {"agentcg": "growth", "agentcg-ask": "ask"}  # each daemon's memory.reserve
+RESERVE = {"agentcg": "ask", "agentcg-growth": "growth"}  # each daemon's memory.reserve
 START_DELAY_S = 1.0  # "go" is sent for t0 this far ahead, so every tenant starts at t0
 SAMPLE_S = 0.1  # memory.current of every tenant is sampled this often
 DAEMON_CONFIG = '[memory]\nbpf = {bpf}\nreserve = "{reserve}"\n'
@@ -246,7 +246,7 @@ def _wait_log(d: DaemonProcess, line: str, timeout: float) -> None:
 
 
 def start_daemon(
-    work_dir: Path, bpf: bool, log: Callable[[str], None], reserve: str = "growth"
+    work_dir: Path, bpf: bool, log: Callable[[str], None], reserve: str = "ask"
 ) -> DaemonProcess:
     """A daemon for an agentcg strategy; with BPF, once its probe is loaded."""
     config = DAEMON_CONFIG.format(bpf=str(bpf).lower(), reserve=reserve)

@@ -88,7 +88,7 @@ def render(report: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
             f"{low if low is not None else 'n/a':>12}"
             f"{s.get('throttles', 0):>6}/{s.get('freezes', 0)}/{s.get('kills', 0)}"
         )
-    for name in ("agentcg", "agentcg-ask"):
+    for name in ("agentcg", "agentcg-growth"):
         if base_p95 and name in summary and summary[name]["high_latency_ms"]:
             p95 = summary[name]["high_latency_ms"]["p95"]
             lines.append(f"{name} HIGH p95 allocation latency vs none: {_pct(p95, base_p95)}")

@@ -223,9 +223,9 @@ def test_the_decision_is_a_function_of_the_snapshot():
 
 def test_config_tuning():
     cfg = MemoryConfig(step=8 * MiB, thaw_room=24 * MiB)
-    assert cfg.tuning() == Tuning(step=8 * MiB, thaw_room=24 * MiB, reserve_horizon_s=2.0)
-    ask = MemoryConfig(step=8 * MiB, thaw_room=24 * MiB, reserve="ask")
-    assert ask.tuning() == Tuning(step=8 * MiB, thaw_room=24 * MiB)
+    assert cfg.tuning() == Tuning(step=8 * MiB, thaw_room=24 * MiB)
+    growth = MemoryConfig(step=8 * MiB, thaw_room=24 * MiB, reserve="growth")
+    assert growth.tuning() == Tuning(step=8 * MiB, thaw_room=24 * MiB, reserve_horizon_s=2.0)
 
 
 # --- what is kept for higher calls: their whole ask, or their recent growth -----------

@@ -118,9 +118,13 @@ def test_high_keeps_running_while_low_bursts_then_low_is_thawed(daemon: RunningD
     assert "released" in seen
 
 
+GROWTH = '[memory]\nbpf = false\nreserve = "growth"'
+
+
+@pytest.mark.parametrize("daemon", [GROWTH], indirect=True, ids=["growth"])
 def test_low_is_not_held_back_for_an_idle_high_calls_unused_ask(daemon: RunningDaemon) -> None:
-    # reserve = "growth" (the default): HIGH asked for 200M but holds 20 MiB and idles,
-    # so LOW may use the room HIGH does not need now; with reserve = "ask" it could not
+    # reserve = "growth": HIGH asked for 200M but holds 20 MiB and idles, so LOW may use
+    # the room HIGH does not need now; with reserve = "ask" (the default) it could not
     # pass ~320 - 200 - interpreters and would be frozen until HIGH ended.
     with Client() as c:
         session = c.open_session("idle-high", memory="320M")
