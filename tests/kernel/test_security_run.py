@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agentcg.client import Client
+from agentcg.kernel.cgroup import Cgroup
 from tests.kernel.daemon_fixture import RunningDaemon
 from tests.kernel.test_robustness import wait_until
 
@@ -61,7 +62,13 @@ def test_signals_reach_the_tool_and_a_closed_session_gives_137(
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_until(lambda: bool(daemon.tool_cgroups()), timeout=TIMEOUT_S, what="sleep to start")
+    # Placed in its leaf, not only begun: a session closed between call.begin and
+    # call.attach ends the call before the tool runs (126, nothing to kill).
+    wait_until(
+        lambda: any(Cgroup(p).procs() for p in daemon.tool_cgroups()),
+        timeout=TIMEOUT_S,
+        what="sleep to run in its call's cgroup",
+    )
     with Client() as c:
         c.close_session("wrapped")
     _, err = sleeper.communicate(timeout=TIMEOUT_S)
