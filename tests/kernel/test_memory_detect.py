@@ -49,9 +49,23 @@ def leaf(base: Cgroup, name: str, high: int, mmax: int) -> Cgroup:
     return cg
 
 
-def toucher(cg: Cgroup, mib: int) -> subprocess.Popen[str]:
+# Touch N MiB, then go on replacing a MiB at a time: every new charge over memory.high
+# meets the kernel's penalty again, so the call keeps stalling until it is killed.
+CHURN = (
+    "import sys\n"
+    "sys.stdin.readline()\n"
+    "chunks = []\n"
+    "while True:\n"
+    "    chunks.append(bytearray(1 << 20))\n"
+    "    chunks[-1][::4096] = b'x' * 256\n"
+    "    if len(chunks) > int(sys.argv[1]):\n"
+    "        chunks.pop(0)\n"
+)
+
+
+def toucher(cg: Cgroup, mib: int, code: str = TOUCH) -> subprocess.Popen[str]:
     p = subprocess.Popen(
-        [sys.executable, "-c", TOUCH, str(mib)],
+        [sys.executable, "-c", code, str(mib)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -157,9 +171,10 @@ def test_probe_reports_freezes_completing(base, memwatch):
 def test_fallback_signals_memory_events_and_pressure(base):
     loop = asyncio.new_event_loop()
     w = PollWatcher(loop)
-    # memory.max well above the toucher: it stays stuck over memory.high (nothing to
-    # reclaim), stalling for as long as the test waits, instead of dying at its max
-    # before the 20 ms-in-200 ms pressure window is met.
+    # memory.max well above the toucher: it stays over memory.high (nothing to reclaim)
+    # instead of dying at its max, and keeps charging anew there, so it stalls again
+    # and again until the 20 ms-in-200 ms pressure window is met (touching once and
+    # holding stalled too little at times).
     cg = leaf(base, "polled", 24 * MiB, 256 * MiB)
     seen: list[tuple[str, float]] = []
     events_file, pressure = cg.path / "memory.events.local", cg.path / "memory.pressure"
@@ -168,7 +183,7 @@ def test_fallback_signals_memory_events_and_pressure(base):
         pressure, 20_000, 200_000, lambda path: seen.append((path.name, time.monotonic()))
     )
     assert w.paths() == {events_file, pressure}
-    p = toucher(cg, 80)
+    p = toucher(cg, 80, CHURN)
     go(p)
     try:
         run_until(
