@@ -173,14 +173,16 @@ def test_fallback_signals_memory_events_and_pressure(base):
     w = PollWatcher(loop)
     # memory.max well above the toucher: it stays over memory.high (nothing to reclaim)
     # instead of dying at its max, and keeps charging anew there, so it stalls again
-    # and again until the 20 ms-in-200 ms pressure window is met (touching once and
+    # and again until the pressure trigger's threshold is met (touching once and
     # holding stalled too little at times).
     cg = leaf(base, "polled", 24 * MiB, 256 * MiB)
     seen: list[tuple[str, float]] = []
     events_file, pressure = cg.path / "memory.events.local", cg.path / "memory.pressure"
     w.add_events(events_file, lambda path: seen.append((path.name, time.monotonic())))
+    # 20 ms of stall within 1 s: the trigger works the same for any window; a short one
+    # fired only after minutes on a quiet machine.
     w.add_pressure(
-        pressure, 20_000, 200_000, lambda path: seen.append((path.name, time.monotonic()))
+        pressure, 20_000, 1_000_000, lambda path: seen.append((path.name, time.monotonic()))
     )
     assert w.paths() == {events_file, pressure}
     p = toucher(cg, 80, CHURN)
