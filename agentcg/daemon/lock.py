@@ -26,6 +26,7 @@ from agentcg.core.errors import AgentcgError
 
 LOCK_FILE = "daemon.lock"
 SCHED_LOCK = "/run/agentcg-sched.lock"
+_PID_FILE = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class DaemonLock:
@@ -36,17 +37,8 @@ class DaemonLock:
     @classmethod
     def state_dir(cls, dir_fd: int, where: str) -> DaemonLock:
         """Lock the state directory (given as an fd from State.open); record our pid."""
-        fd = os.open(
-            LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
-        )
-        try:
-            _take(fd, f"state directory {where}", lambda: _read_pid(fd))
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(fd, where)
+        fd = os.open(LOCK_FILE, _PID_FILE, 0o600, dir_fd=dir_fd)
+        return cls._pid_file(fd, where, _running_on(f"state directory {where}"))
 
     @classmethod
     def cgroup_root(cls, path: str) -> DaemonLock:
@@ -54,7 +46,7 @@ class DaemonLock:
         process in its supervisor/ leaf."""
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            _take(fd, f"cgroup root {path}", lambda: _supervisor_pid(path))
+            _take(fd, lambda: _supervisor_pid(path), _running_on(f"cgroup root {path}"))
         except BaseException:
             os.close(fd)
             raise
@@ -63,45 +55,49 @@ class DaemonLock:
     @classmethod
     def scheduler(cls, path: str = SCHED_LOCK) -> DaemonLock:
         """The right to run the host's sched_ext scheduler; records our pid."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, _PID_FILE, 0o600)
+        return cls._pid_file(
+            fd,
+            path,
+            lambda who: (
+                f"another agentcg daemon{who} runs the sched_ext scheduler on this host; "
+                "this one's calls use the fair class until it stops"
+            ),
+        )
+
+    @classmethod
+    def _pid_file(cls, fd: int, what: str, conflict: Callable[[str], str]) -> DaemonLock:
+        """Lock a file that names its holder: take it, then write our pid into it."""
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
-                pid = _read_pid(fd)
-                raise AgentcgError(
-                    "conflict",
-                    f"another agentcg daemon{f' (pid {pid})' if pid else ''} runs the "
-                    "sched_ext scheduler on this host; this one's calls use the fair class "
-                    "until it stops",
-                ) from None
+            _take(fd, lambda: _read_pid(fd), conflict)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except BaseException:
             os.close(fd)
             raise
-        return cls(fd, path)
+        return cls(fd, what)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
 
 
-def _take(fd: int, what: str, holder_pid: Callable[[], int | None]) -> None:
+def _take(fd: int, holder_pid: Callable[[], int | None], conflict: Callable[[str], str]) -> None:
+    """flock ``fd`` or raise ``conflict`` with " (pid N)" of the holder, when known."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise
         pid = holder_pid()
-        who = f" (pid {pid})" if pid else ""
-        raise AgentcgError(
-            "conflict",
-            f"another agentcg daemon{who} is running on {what}; stop it first "
-            "or give this one its own daemon.state_dir and daemon.root",
-        ) from None
+        raise AgentcgError("conflict", conflict(f" (pid {pid})" if pid else "")) from None
+
+
+def _running_on(what: str) -> Callable[[str], str]:
+    return lambda who: (
+        f"another agentcg daemon{who} is running on {what}; stop it first "
+        "or give this one its own daemon.state_dir and daemon.root"
+    )
 
 
 def _read_pid(fd: int) -> int | None:
