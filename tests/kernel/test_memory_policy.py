@@ -44,6 +44,18 @@ def touch(call: ToolCall, mib: int, then: str = "exit") -> subprocess.Popen[str]
     )
 
 
+def ready(proc: subprocess.Popen[str]) -> None:
+    """Wait until a toucher holds all it touched."""
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+
+
+def release(proc: subprocess.Popen[str]) -> int:
+    """Let a holding toucher exit; its status."""
+    assert proc.stdin is not None
+    proc.stdin.close()
+    return proc.wait(120)
+
+
 def names(call: ToolCall) -> list[str]:
     return [e["event"] for e in call.events]
 
@@ -89,7 +101,7 @@ def test_high_keeps_running_while_low_bursts_then_low_is_thawed(daemon: RunningD
         session = c.open_session("burst", memory="320M")
         high = c.tool_call(session=session, memory="160M", priority="high", label="pytest")
         holder = touch(high, 120, "hold")
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        ready(holder)
         # LOW wants 200 MiB; only ~320 - 120 - (160 - 120) - interpreters is left for it.
         low = c.tool_call(session=session, priority="low", label="build")
         burst = touch(low, 200, "hold")
@@ -99,16 +111,10 @@ def test_high_keeps_running_while_low_bursts_then_low_is_thawed(daemon: RunningD
         assert holder.poll() is None and "frozen" not in names(high)
         assert "throttled" not in names(high)
         # HIGH ends: its room comes back and nothing ranks above LOW any more.
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(120)
-        high_out = high.end(holder.returncode)
+        high_out = high.end(release(holder))
         wait_for(lambda: "thawed" in names(low), 120, "LOW thawed")
-        assert burst.stdout is not None and burst.stdout.readline().strip() == "ready"
-        assert burst.stdin is not None
-        burst.stdin.close()
-        burst.wait(120)
-        low_out = low.end(burst.returncode)
+        ready(burst)
+        low_out = low.end(release(burst))
     assert high_out["exit_status"] == 0 and high_out["killed_reason"] is None
     assert not high_out["frozen"]
     assert low_out["exit_status"] == 0 and low_out["frozen"] is True
@@ -130,15 +136,12 @@ def test_low_is_not_held_back_for_an_idle_high_calls_unused_ask(daemon: RunningD
         session = c.open_session("idle-high", memory="320M")
         high = c.tool_call(session=session, memory="200M", priority="high", label="pytest")
         holder = touch(high, 20, "hold")
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        ready(holder)
         low = c.tool_call(session=session, priority="low", label="build")
         with low:
             assert low.run([sys.executable, "-c", TOUCH, "150", "exit"]).returncode == 0
         assert holder.poll() is None
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(120)
-        high_out = high.end(holder.returncode)
+        high_out = high.end(release(holder))
     assert low.outcome is not None and low.outcome["killed_reason"] is None
     assert not low.outcome["frozen"] and "frozen" not in names(low), names(low)
     assert high_out["exit_status"] == 0 and "throttled" not in names(high)
@@ -164,7 +167,7 @@ def test_low_dies_only_when_high_would_otherwise_oom(daemon: RunningDaemon) -> N
         with Client() as c:
             low = c.tool_call(session="crowded", memory="200M", priority="low", label="build")
             holder = touch(low, 150, "hold")
-            assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+            ready(holder)
             # A HIGH call that fits next to LOW: nobody dies.
             fit = c.tool_call(session="crowded", memory="200M", priority="high", label="t")
             with fit:
