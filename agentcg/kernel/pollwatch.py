@@ -8,6 +8,10 @@ signal with POLLPRI.
   trigger that raises POLLPRI once per window in which tasks of the cgroup stalled on
   memory for at least stall_us. With CAP_SYS_RESOURCE windows may be well under a
   second; each such trigger costs the kernel a polling thread per cgroup.
+  Polling a trigger consumes its event, and an epoll nested in another one (ours in
+  the asyncio loop's) is polled twice: once by the outer readiness check, which takes
+  the event, then by our own ``poll``, which finds none. So each trigger gets an epoll
+  of its own, and that epoll turning readable *is* the trigger firing.
 
 This is the fallback of the BPF probe (agentcg/bpf/memwatch.py): slower (the notify
 rate limit, a read per event) and blind to why reclaim stalls, but it needs nothing
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import select
 from collections.abc import Callable
@@ -28,20 +31,29 @@ _MASK = select.EPOLLPRI | select.EPOLLERR
 
 
 class PollWatcher:
-    """Calls ``callback(path)`` when a watched file signals; one epoll fd for all."""
+    """Calls ``callback(path)`` when a watched file signals: one epoll fd for the event
+    files, one per PSI trigger."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._ep = select.epoll()
         self._loop = loop
-        self._by_fd: dict[int, tuple[Path, Callable[[Path], None], bool]] = {}
+        self._by_fd: dict[int, tuple[Path, Callable[[Path], None]]] = {}
         self._by_path: dict[Path, int] = {}
+        self._triggers: dict[Path, tuple[int, select.epoll]] = {}
         loop.add_reader(self._ep.fileno(), self._drain)
 
     def add_events(self, path: Path, callback: Callable[[Path], None]) -> None:
         """Watch a cgroup event file (memory.events.local, cgroup.events)."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         os.pread(fd, 4096, 0)  # arm: only changes after this read signal
-        self._register(path, fd, callback, rearm=True)
+        self.remove(path)
+        try:
+            self._ep.register(fd, _MASK)
+        except OSError:
+            os.close(fd)
+            raise
+        self._by_fd[fd] = (path, callback)
+        self._by_path[path] = fd
 
     def add_pressure(
         self, path: Path, stall_us: int, window_us: int, callback: Callable[[Path], None]
@@ -55,19 +67,38 @@ class PollWatcher:
         except OSError:
             os.close(fd)
             raise
-        self._register(path, fd, callback, rearm=False)
-
-    def _register(self, path: Path, fd: int, cb: Callable[[Path], None], rearm: bool) -> None:
         self.remove(path)
         try:
-            self._ep.register(fd, _MASK)
+            ep = select.epoll()
         except OSError:
             os.close(fd)
             raise
-        self._by_fd[fd] = (path, cb, rearm)
-        self._by_path[path] = fd
+        try:
+            ep.register(fd, _MASK)
+        except OSError:
+            ep.close()
+            os.close(fd)
+            raise
+        self._triggers[path] = (fd, ep)
+        self._loop.add_reader(ep.fileno(), self._fired, path, callback)
+
+    def _fired(self, path: Path, callback: Callable[[Path], None]) -> None:
+        # The loop's readiness check already took the trigger's event; this poll only
+        # empties our epoll's ready list so the loop stops reporting it. Removing the
+        # cgroup destroys the trigger, which signals (POLLERR) from then on: drop it.
+        self._triggers[path][1].poll(0)
+        if not path.exists():
+            self.remove(path)
+            return
+        callback(path)
 
     def remove(self, path: Path) -> None:
+        trigger = self._triggers.pop(path, None)
+        if trigger is not None:
+            fd, ep = trigger
+            self._loop.remove_reader(ep.fileno())
+            ep.close()
+            os.close(fd)
         fd = self._by_path.pop(path, None)
         if fd is None:
             return
@@ -77,21 +108,17 @@ class PollWatcher:
         os.close(fd)
 
     def paths(self) -> set[Path]:
-        return set(self._by_path)
+        return set(self._by_path) | set(self._triggers)
 
     def _drain(self) -> None:
         for fd, _mask in self._ep.poll(0):
             entry = self._by_fd.get(fd)
             if entry is None:
                 continue
-            path, callback, rearm = entry
-            # A removed cgroup's files signal for ever: drop them (reading one gives
-            # ENODEV; a PSI trigger only shows it by its file being gone).
+            path, callback = entry
+            # A removed cgroup's event file gives ENODEV if it signals: drop it.
             try:
-                if rearm:
-                    os.pread(fd, 4096, 0)
-                elif not path.exists():
-                    raise OSError(errno.ENODEV, "cgroup removed")
+                os.pread(fd, 4096, 0)
             except OSError:
                 self.remove(path)
                 continue
@@ -99,6 +126,6 @@ class PollWatcher:
 
     def close(self) -> None:
         self._loop.remove_reader(self._ep.fileno())
-        for path in list(self._by_path):
+        for path in self.paths():
             self.remove(path)
         self._ep.close()
