@@ -95,10 +95,10 @@ class PollWatcher:
     def remove(self, path: Path) -> None:
         trigger = self._triggers.pop(path, None)
         if trigger is not None:
-            fd, ep = trigger
+            trigger_fd, ep = trigger
             self._loop.remove_reader(ep.fileno())
             ep.close()
-            os.close(fd)
+            os.close(trigger_fd)
         fd = self._by_path.pop(path, None)
         if fd is None:
             return
