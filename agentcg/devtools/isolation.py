@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import secrets
+import selectors
 import subprocess
 import sys
 import threading
@@ -41,6 +42,9 @@ STRATEGIES = ("none", "static", "agentcg", "agentcg-growth")
 DEFAULT_STRATEGIES = STRATEGIES[:3]
 RESERVE = {"agentcg": "ask", "agentcg-growth": "growth"}  # each daemon's memory.reserve
 START_DELAY_S = 1.0  # "go" is sent for t0 this far ahead, so every tenant starts at t0
+# A tenant the strategy holds back before it is ready (a LOW frozen during start-up)
+# is released at t0 like the others: it starts late, and its completion counts from t0.
+READY_TIMEOUT_S = 120.0
 SAMPLE_S = 0.1  # memory.current of every tenant is sampled this often
 DAEMON_CONFIG = '[memory]\nbpf = {bpf}\nreserve = "{reserve}"\n'
 
@@ -204,10 +208,7 @@ def run_strategy(strategy: RawStrategy | AgentcgStrategy, plan: Plan) -> list[Te
     try:
         for i, trace in enumerate(plan.traces):
             tenants.append(strategy.spawn(i, "high" if i == 0 else "low", trace))
-        for t in tenants:
-            assert t.proc.stdout is not None
-            if t.proc.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"tenant {t.index} ({t.trace}) did not start")
+        _wait_ready(tenants, READY_TIMEOUT_S)
         t0_ns = time.monotonic_ns() + int(START_DELAY_S * 1e9)
         for t in tenants:
             assert t.proc.stdin is not None
@@ -235,6 +236,32 @@ def run_strategy(strategy: RawStrategy | AgentcgStrategy, plan: Plan) -> list[Te
                 t.proc.wait()
         strategy.cleanup()
     return tenants
+
+
+def _wait_ready(tenants: list[Tenant], timeout: float) -> None:
+    """Wait until every tenant says "ready", or until ``timeout``: one the strategy
+    froze before it got there is not waited for (it reads its "go" when thawed). One
+    that says anything else failed to start."""
+    waiting = {t.proc.stdout.fileno(): t for t in tenants if t.proc.stdout is not None}
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        for fd in waiting:
+            sel.register(fd, selectors.EVENT_READ)
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for key, _ in sel.select(left):
+                t = waiting.pop(key.fd)
+                sel.unregister(key.fd)
+                assert t.proc.stdout is not None
+                line = t.proc.stdout.readline().strip()
+                if line != "ready":
+                    raise RuntimeError(f"tenant {t.index} ({t.trace}) did not start: {line!r}")
+    for t in waiting.values():
+        print(
+            f"bench isolation: tenant {t.index} ({t.trace}) not ready after {timeout:g} s "
+            "(held back by the strategy?): released with the others",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _wait_log(d: DaemonProcess, line: str, timeout: float) -> None:
