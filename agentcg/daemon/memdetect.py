@@ -142,7 +142,11 @@ class MemDetect:
             self._bpf.watch(cgroup_id)
             return
         assert self._poll is not None
-        self._poll.add_events(cg.path / EVENTS_FILE, lambda _p: self._on_poll(key))
+        try:
+            self._poll.add_events(cg.path / EVENTS_FILE, lambda _p: self._on_poll(key))
+        except OSError as e:  # EMFILE: the call runs on, unwatched; the log says so
+            log.warning("cannot watch %s for memory trouble: %s", cg.path / EVENTS_FILE, e)
+            return
         if pressure:
             m = self.reg.cfg.memory
             try:
