@@ -112,6 +112,9 @@ def main(argv: list[str]) -> int:
             else:
                 texts.append("(no charts: pip install 'agentcg[bench]' for matplotlib)")
             reports[f"{speed:g}x"] = report
+            # Saved and shown as each speed ends: a later failure keeps these.
+            (out / "report.json").write_text(json.dumps(reports, indent=1) + "\n")
+            print("\n\n".join(texts[-2:]) + "\n", flush=True)
         if a.detect_trials and daemon is not None and bpf:
             from agentcg.devtools.isolation_detect import detect_latency
 
@@ -122,12 +125,12 @@ def main(argv: list[str]) -> int:
                     f"detection -> action ({path}): p50 {x['p50_ms']} ms, "
                     f"p99 {x['p99_ms']} ms, n={x['n']}"
                 )
+                print(texts[-1], flush=True)
     finally:
         for d in daemons.values():
             d.remove()  # its log stays in the report dir
     text = "\n\n".join(texts)
     (out / "report.json").write_text(json.dumps(reports, indent=1) + "\n")
     (out / "report.txt").write_text(text + "\n")
-    print(text)
-    print(f"saved {out}/report.json")
+    print(f"saved {out}/report.json and report.txt")
     return 0

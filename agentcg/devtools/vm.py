@@ -152,12 +152,20 @@ def _boot(
     if stream and log.exists():
         _copy_new(log, pos)
     if not status.exists():
-        tail = b"".join(console)[-3000:].decode(errors="replace")
+        # Kept beside the rwdir (which goes away): the whole console and kernel log of a
+        # dead guest; a panic's first oops is often far from the end.
+        keep = rwdir.parent / f"vm-crash-{time.strftime('%Y%m%dT%H%M%S')}"
+        keep.mkdir(exist_ok=True)
+        text = b"".join(console).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        (keep / "console").write_bytes(text)
         dmesg = rwdir / "dmesg"
-        kmsg = dmesg.read_bytes()[-4000:].decode(errors="replace") if dmesg.exists() else ""
+        kmsg = dmesg.read_bytes() if dmesg.exists() else b""
+        (keep / "dmesg").write_bytes(kmsg)
         raise VMError(
-            f"guest exited without a status (vng exit {proc.returncode}); "
-            f"its kernel log ended:\n{kmsg}\nconsole:\n{tail}"
+            f"guest exited without a status (vng exit {proc.returncode}); its kernel log "
+            f"ended:\n{kmsg[-3000:].decode(errors='replace')}\n"
+            f"console:\n{text[-8000:].decode(errors='replace')}\n"
+            f"(whole console and kernel log: {keep})"
         )
     return int(status.read_text().strip() or "255")
 
