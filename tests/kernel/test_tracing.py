@@ -24,8 +24,15 @@ def test_exec_is_seen_with_its_cgroup_id(cgroup_base):
     # Compiling takes tens of seconds under TCG; one tracer for the whole test.
     with ExecTracer() as tracer:
         # sh execs before it is moved (event in our cgroup), then waits for a line and
-        # execs /bin/true from inside the leaf.
-        p = subprocess.Popen(["sh", "-c", "read _; exec /bin/true"], stdin=subprocess.PIPE)
+        # execs /bin/true from inside the leaf. It is moved only once it has said so:
+        # Popen returns when the exec closed its pipe, before the exec tracepoint fires.
+        p = subprocess.Popen(
+            ["sh", "-c", "echo up; read _; exec /bin/true"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert p.stdout is not None
+        assert p.stdout.readline() == b"up\n"
         leaf.add_process(p.pid)
         p.communicate(b"\n", timeout=60)
         assert p.returncode == 0
