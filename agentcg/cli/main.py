@@ -180,14 +180,28 @@ def vm() -> None:
 @click.option("--cpus", type=int, default=2, help="guest vCPUs")
 @click.option("--memory", default="2G", help="guest memory")
 @click.option("--timeout", type=float, default=3600, help="seconds for the whole run")
+@click.option(
+    "--tcg-thread",
+    type=click.Choice(["single", "multi"]),
+    default="single",
+    show_default=True,
+    help="software emulation: one host thread for all vCPUs, or one each (faster, "
+    "but the guest can die while kernel text is patched)",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def vm_run(command: tuple[str, ...], cpus: int, memory: str, timeout: float) -> None:
+def vm_run(
+    command: tuple[str, ...], cpus: int, memory: str, timeout: float, tcg_thread: str
+) -> None:
     """Run COMMAND as root inside the pinned test kernel; exit with its status
     (125 when the VM itself failed)."""
     from agentcg.devtools import vm as vmmod
 
     try:
-        sys.exit(vmmod.run(list(command), cpus=cpus, memory=memory, timeout=timeout))
+        sys.exit(
+            vmmod.run(
+                list(command), cpus=cpus, memory=memory, timeout=timeout, tcg_thread=tcg_thread
+            )
+        )
     except vmmod.VMError as e:
         click.echo(f"vm-run: error: {e}", err=True)
         sys.exit(125)

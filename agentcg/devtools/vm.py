@@ -87,6 +87,7 @@ def _boot(
     timeout: float,
     stream: bool,
     boot_timeout: float | None = None,
+    tcg_thread: str = "single",
 ) -> int:
     """Boot once; return the guest command's exit status."""
     script = rwdir / "guest.sh"
@@ -113,7 +114,10 @@ def _boot(
         f"sh {shlex.quote(str(script))}",
     ]
     if not kvm:
-        argv.append("--disable-kvm")
+        # One host thread for all vCPUs: with multi-threaded TCG (qemu 7.2) the
+        # guest died of "Oops: int3" when kernel text was patched while the other
+        # vCPU ran it (sched_ext enable/disable flips static keys).
+        argv += ["--disable-kvm", f"--qemu-opts=-accel tcg,thread={tcg_thread}"]
     # The console, kept for a guest that dies without a status: a panic is printed
     # there, and only errors and worse (a serial console is slow under emulation).
     argv += ["--verbose", "--append", "loglevel=4"]
@@ -216,7 +220,14 @@ def _kvm_verdict(kernel: Kernel, cache: Path) -> bool:
     return ok
 
 
-def run(cmd: list[str], *, cpus: int = 2, memory: str = "2G", timeout: float = 3600) -> int:
+def run(
+    cmd: list[str],
+    *,
+    cpus: int = 2,
+    memory: str = "2G",
+    timeout: float = 3600,
+    tcg_thread: str = "single",
+) -> int:
     """Run `cmd` as root inside the test VM; stream its output; return its exit status."""
     kernel = pinned_kernel()
     cache = kernel.root.parent.parent
@@ -238,4 +249,5 @@ def run(cmd: list[str], *, cpus: int = 2, memory: str = "2G", timeout: float = 3
             timeout=timeout,
             stream=True,
             boot_timeout=300,
+            tcg_thread=tcg_thread,
         )
