@@ -48,14 +48,14 @@ def pinned_kernel(cache: Path | None = None) -> Kernel:
     return kernel
 
 
-def _vng() -> list[str]:
+def _vng() -> str:
     vng = Path(sys.executable).parent / "vng"
     if not vng.exists():
         found = shutil.which("vng")
         if not found:
             raise VMError("virtme-ng (vng) not found: run scripts/setup.sh first")
         vng = Path(found)
-    return [str(vng)]
+    return str(vng)
 
 
 # Runs as root inside the guest. bpffs and tracefs are not mounted by
@@ -75,6 +75,40 @@ echo $? > "$out/status.tmp" && mv "$out/status.tmp" "$out/status"
 sync
 poweroff -f 2>/dev/null
 """
+
+
+def vng_argv(
+    vng: str,
+    kernel: Kernel,
+    script: Path,
+    rwdir: Path,
+    kvm: bool,
+    cpus: int,
+    memory: str,
+    tcg_thread: str,
+) -> list[str]:
+    argv = [
+        vng,
+        "--run",
+        str(kernel.image),
+        "--cpus",
+        str(cpus),
+        "--memory",
+        memory,
+        "--rwdir",
+        str(rwdir),
+        "--exec",
+        f"sh {shlex.quote(str(script))}",
+    ]
+    if not kvm:
+        # One host thread for all vCPUs by default: with one per vCPU (qemu 7.2) the
+        # guest dies now and then of "Oops: int3" while kernel text is patched (at
+        # boot, or when sched_ext or a tracepoint is switched): the other vCPU runs
+        # the int3 of a patch already finished.
+        argv += ["--disable-kvm", f"--qemu-opts=-accel tcg,thread={tcg_thread}"]
+    # The console, kept for a guest that dies without a status: a panic is printed
+    # there, and only errors and worse (a serial console is slow under emulation).
+    return [*argv, "--verbose", "--append", "loglevel=4"]
 
 
 def _boot(
@@ -100,27 +134,7 @@ def _boot(
         )
     )
     script.chmod(0o755)
-    argv = [
-        *_vng(),
-        "--run",
-        str(kernel.image),
-        "--cpus",
-        str(cpus),
-        "--memory",
-        memory,
-        "--rwdir",
-        str(rwdir),
-        "--exec",
-        f"sh {shlex.quote(str(script))}",
-    ]
-    if not kvm:
-        # One host thread for all vCPUs: with multi-threaded TCG (qemu 7.2) the
-        # guest died of "Oops: int3" when kernel text was patched while the other
-        # vCPU ran it (sched_ext enable/disable flips static keys).
-        argv += ["--disable-kvm", f"--qemu-opts=-accel tcg,thread={tcg_thread}"]
-    # The console, kept for a guest that dies without a status: a panic is printed
-    # there, and only errors and worse (a serial console is slow under emulation).
-    argv += ["--verbose", "--append", "loglevel=4"]
+    argv = vng_argv(_vng(), kernel, script, rwdir, kvm, cpus, memory, tcg_thread)
     env = dict(os.environ)
     env["PATH"] = f"{Path(argv[0]).parent}:{env.get('PATH', '')}"
     proc = subprocess.Popen(
