@@ -12,7 +12,8 @@
  * - Classes from the call's settings (call_settings map, keyed by cgroup id, set
  *   by the daemon at call.begin): LATENCY tasks get a short slice, may start
  *   further behind the clock when they wake (so they are first in the queue), and
- *   on wake-up preempt the CPU that runs the furthest-ahead non-LATENCY task.
+ *   on wake-up preempt a CPU that runs a non-LATENCY task further ahead (by its
+ *   vtime so far), their own CPU first.
  *   BATCH tasks get no wake-up credit and never preempt. Both stay bounded by
  *   vtime: a LATENCY call that burns CPU falls behind like any other, so it cannot
  *   starve batch work, and batch hogs cannot delay it beyond one preemption.
@@ -109,9 +110,12 @@ struct {
 } cg_ctx SEC(".maps");
 
 struct cpu_ctx {
-	u64 vtime; /* vtime of the task it runs */
-	u32 klass; /* class of the task it runs */
-	u32 busy;  /* 1 while one of our tasks runs here */
+	u64 vtime;      /* vtime of the task it runs, when that task got the CPU */
+	u64 running_at; /* when that was */
+	u32 klass;      /* class of the task it runs */
+	u32 busy;       /* 1 while one of our tasks runs here */
+	u32 weight;     /* that task's charge, as in struct task_ctx */
+	u32 share;
 };
 
 struct {
@@ -203,14 +207,30 @@ static u64 start_vtime(struct task_struct *p, u32 klass)
 	return p->scx.dsq_vtime;
 }
 
+/* The vtime a task owes for running `used` ns: scaled by 100 / (its cgroup's
+ * cpu.weight / the cgroup's runnable tasks), as they were when it got the CPU, so
+ * that cgroups, not tasks, share by weight. */
+static u64 charge_at(u32 weight, u32 share, u64 used)
+{
+	return used * DEFAULT_WEIGHT * share / (weight ? weight : DEFAULT_WEIGHT);
+}
+
+static u64 charge(struct task_ctx *tc, u64 used)
+{
+	return charge_at(tc->weight, tc->share, used);
+}
+
 /* The CPU a waking LATENCY task should take: among the CPUs it may use that run
- * one of our non-LATENCY tasks whose vtime is ahead of it, the one it woke on (no
- * IPI needed), else the one whose task is furthest ahead; -1 if there is none. */
+ * one of our non-LATENCY tasks whose vtime, charged for the time it has run so far,
+ * is ahead of the waker's, the one it woke on (no IPI needed), else the one whose
+ * task is furthest ahead; -1 if there is none. Comparing with the vtime the running
+ * task started with would let a hog that just got the CPU with an old vtime keep
+ * it for a whole slice. */
 static s32 preempt_target(struct task_struct *p, u64 vtime)
 {
 	s32 here = scx_bpf_task_cpu(p), target = -1;
 	struct bpf_iter_num it;
-	u64 worst = vtime;
+	u64 worst = vtime, now = scx_bpf_now(), cur;
 	u32 zero = 0;
 	int *cpu;
 
@@ -221,28 +241,24 @@ static s32 preempt_target(struct task_struct *p, u64 vtime)
 		if (!bpf_cpumask_test_cpu(*cpu, p->cpus_ptr))
 			continue;
 		c = bpf_map_lookup_percpu_elem(&cpu_ctx, &zero, *cpu);
-		if (!c || !c->busy || c->klass == AGENTCG_CLASS_LATENCY ||
-		    !vtime_before(vtime, c->vtime))
+		if (!c || !c->busy || c->klass == AGENTCG_CLASS_LATENCY)
+			continue;
+		cur = c->vtime;
+		if (vtime_before(c->running_at, now))
+			cur += charge_at(c->weight, c->share, now - c->running_at);
+		if (!vtime_before(vtime, cur))
 			continue;
 		if (*cpu == here) {
 			target = here;
 			break;
 		}
-		if (vtime_before(worst, c->vtime)) {
-			worst = c->vtime;
+		if (vtime_before(worst, cur)) {
+			worst = cur;
 			target = *cpu;
 		}
 	}
 	bpf_iter_num_destroy(&it);
 	return target;
-}
-
-/* The vtime a task owes for running `used` ns: scaled by 100 / (its cgroup's
- * cpu.weight / the cgroup's runnable tasks), as they were when it got the CPU, so
- * that cgroups, not tasks, share by weight. */
-static u64 charge(struct task_ctx *tc, u64 used)
-{
-	return used * DEFAULT_WEIGHT * tc->share / tc->weight;
 }
 
 static struct agentcg_sched_stats *call_stats_of(u64 cgid)
@@ -339,14 +355,17 @@ void OPS(agentcg_running, struct task_struct *p)
 		vtime_now = p->scx.dsq_vtime;
 	if (!tc)
 		return;
-	if (c) {
-		c->vtime = p->scx.dsq_vtime;
-		c->klass = tc->klass;
-		c->busy = 1;
-	}
 	cgc = task_cgroup(p, &cgid);
 	tc->weight = cgc && cgc->weight ? cgc->weight : DEFAULT_WEIGHT;
 	tc->share = cgc && cgc->nr_runnable > 1 ? cgc->nr_runnable : 1;
+	if (c) {
+		c->vtime = p->scx.dsq_vtime;
+		c->running_at = now;
+		c->klass = tc->klass;
+		c->weight = tc->weight;
+		c->share = tc->share;
+		c->busy = 1;
+	}
 	st = call_stats_of(cgid);
 	if (st) {
 		__sync_fetch_and_add(&st->dispatches, 1);
