@@ -252,7 +252,8 @@ def bench_startup(runs: int, executable: Path | None, json_out: bool) -> None:
 @click.option("--json", "json_out", is_flag=True)
 def bench_cpu(rounds: int, samples: int, window: float, json_out: bool) -> None:
     """agentcg's sched_ext scheduler vs the default one, same cpu.weight values: wake-up
-    latency of a high-priority call among low-priority hogs, hog throughput, weights."""
+    latency of a high-priority call among low- and high-priority hogs, hog throughput,
+    weights."""
     from agentcg.core.config import load_config
     from agentcg.devtools.bench_cpu import cpu
 

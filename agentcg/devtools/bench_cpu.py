@@ -2,10 +2,14 @@
 scheduler, with the same cpu.weight values, side by side in one run.
 
 - Latency: one high-priority, latency-sensitive call (a probe that sleeps 5 ms and
-  measures how late it wakes, i.e. the wait from its timer firing until it runs) while
-  low-priority CPU hogs (two per CPU) keep every CPU busy; p50/p95/p99 of the lateness
-  and the hogs' throughput (loop iterations per second). Rounds alternate the two
-  variants, the order rotating, so machine noise hits both alike.
+  measures how late it wakes, i.e. the wait from its timer firing until it runs, and
+  the part of that it spent in a run queue) while CPU hogs (two per CPU) keep every
+  CPU busy; p50/p95/p99 of both and the hogs' throughput (loop iterations per
+  second). Two kinds of hogs: low-priority ones (``low``: cpu.weight alone separates
+  them from the probe) and high-priority ones that are not latency-sensitive
+  (``equal``: the same cpu.weight as the probe, so only the declared latency
+  sensitivity tells them apart). Rounds alternate the two variants, the order
+  rotating, so machine noise hits both alike.
 - Weights: three hogs pinned to CPU 0 in cgroups with cpu.weight 100, 200, 300; the
   CPU-time share of each over a window, and the largest deviation from 1/6, 2/6, 3/6.
 
@@ -35,7 +39,10 @@ from agentcg.kernel.cgroup import Cgroup, find_cgroup2_mount
 
 VARIANTS = ("fair", "agentcg")
 LATENCY_INTENT = {"priority": "high", "latency_sensitive": True, "label": "probe"}
-HOG_INTENT = {"priority": "low", "label": "hog"}
+HOGS = {
+    "low": {"priority": "low", "label": "hog"},
+    "equal": {"priority": "high", "label": "hog"},
+}
 PERIOD_S = 0.005
 WEIGHTS = (100, 200, 300)
 
@@ -70,10 +77,10 @@ def _leaves(base: Cgroup, names: list[str]) -> Iterator[dict[str, Cgroup]]:
 
 
 def _latency_round(
-    variant: str, base: Cgroup, s: scx.Scheduler, cfg: Config, samples: int
+    variant: str, hogs_of: str, base: Cgroup, s: scx.Scheduler, cfg: Config, samples: int
 ) -> dict[str, Any]:
     ext = variant == "agentcg"
-    intents = {"lat": LATENCY_INTENT, "hog": HOG_INTENT}
+    intents = {"lat": LATENCY_INTENT, "hog": HOGS[hogs_of]}
     with _leaves(base, list(intents)) as cgs:
         for name, raw in intents.items():
             intent = parse_intent(raw, cfg)
@@ -83,7 +90,7 @@ def _latency_round(
         hogs = [cpuload.start(cgs["hog"], cpuload.hog, ext=ext) for _ in range(2 * _ncpus())]
         try:
             probe = cpuload.start(cgs["lat"], cpuload.probe(samples, PERIOD_S, 0.5), ext=ext)
-            late_us = probe.result()
+            got = probe.result()
         finally:
             counts = [h.stop() for h in hogs]
         stats = s.call_stats(cgs["lat"].cgroup_id) if ext else None
@@ -91,7 +98,8 @@ def _latency_round(
             for cg in cgs.values():
                 s.forget_call(cg.cgroup_id)
     return {
-        "late_us": late_us,
+        "late_us": got["late_us"],
+        "runq_us": got["runq_us"],
         "hog_rate": sum(n / secs for n, secs in counts if secs > 0),
         "sched": stats,
     }
@@ -130,6 +138,29 @@ def _summary(late_us: list[float]) -> dict[str, float]:
     }
 
 
+def _scenario(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report of one kind of hogs from its rounds ({"variant", "late_us", ...})."""
+    by = {v: [r for r in runs if r["variant"] == v] for v in VARIANTS}
+    late = {v: _summary([x for r in by[v] for x in r["late_us"]]) for v in VARIANTS}
+    runq = {v: _summary([x for r in by[v] for x in r["runq_us"]]) for v in VARIANTS}
+    thr = {v: round(sum(r["hog_rate"] for r in by[v]) / len(by[v])) for v in VARIANTS}
+    waits = [r["sched"] for r in by["agentcg"] if r["sched"]]
+    return {
+        "latency": late,
+        "runqueue": runq,
+        "hog_iterations_per_s": thr,
+        "agentcg_probe_runqueue": {
+            k: sum(w[k] for w in waits) for k in ("wait_us", "dispatches", "preempts")
+        },
+        "ratios": {
+            "p99_fair_over_agentcg": ratio(late["fair"]["p99_ms"], late["agentcg"]["p99_ms"]),
+            "p50_fair_over_agentcg": ratio(late["fair"]["p50_ms"], late["agentcg"]["p50_ms"]),
+            "runq_p99_fair_over_agentcg": ratio(runq["fair"]["p99_ms"], runq["agentcg"]["p99_ms"]),
+            "hog_throughput_agentcg_over_fair": ratio(thr["agentcg"], thr["fair"]),
+        },
+    }
+
+
 def cpu(cfg: Config, rounds: int = 3, samples: int = 100, window_s: float = 10.0) -> dict[str, Any]:
     if os.geteuid() != 0:
         raise RuntimeError("agentcg bench cpu needs root (it creates cgroups and loads BPF)")
@@ -143,44 +174,30 @@ def cpu(cfg: Config, rounds: int = 3, samples: int = 100, window_s: float = 10.0
     top.enable_controllers(["cpu"])
     base = top.child(f"agentcg-bench-cpu-{secrets.token_hex(3)}").create()
     base.enable_controllers(["cpu"])
-    late: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    waits: list[dict[str, int]] = []
+    runs: dict[str, list[dict[str, Any]]] = {h: [] for h in HOGS}
     weights: dict[str, Any] = {}
     try:
         with _scheduler(cfg) as s:
             for r in range(rounds):
                 order = VARIANTS[r % 2 :] + VARIANTS[: r % 2]
-                for v in order:
-                    progress(f"latency round {r + 1}/{rounds}: {v}")
-                    res = _latency_round(v, base, s, cfg, samples)
-                    late[v] += res["late_us"]
-                    rates[v].append(res["hog_rate"])
-                    if res["sched"]:
-                        waits.append(res["sched"])
+                for hogs_of in HOGS:
+                    for v in order:
+                        progress(f"latency round {r + 1}/{rounds}, {hogs_of} hogs: {v}")
+                        res = _latency_round(v, hogs_of, base, s, cfg, samples)
+                        runs[hogs_of].append({"variant": v, **res})
             for v in VARIANTS:
                 progress(f"weights 100:200:300 on CPU 0: {v} ({window_s:g} s)")
                 weights[v] = _weights(v, base, window_s)
     finally:
         base.remove_tree(kill=True, timeout=30)
-    lat = {v: _summary(late[v]) for v in VARIANTS}
-    thr = {v: round(sum(rates[v]) / len(rates[v])) for v in VARIANTS}
     report: dict[str, Any] = {
         "bench": "cpu",
         "rounds": rounds,
         "samples_per_round": samples,
         "hogs": 2 * _ncpus(),
-        "latency": lat,
-        "hog_iterations_per_s": thr,
-        "agentcg_probe_runqueue": {
-            k: sum(w[k] for w in waits) for k in ("wait_us", "dispatches", "preempts")
-        },
+        "hog_intents": HOGS,
+        "scenarios": {h: _scenario(runs[h]) for h in HOGS},
         "weights": weights,
-        "ratios": {
-            "p99_fair_over_agentcg": ratio(lat["fair"]["p99_ms"], lat["agentcg"]["p99_ms"]),
-            "p50_fair_over_agentcg": ratio(lat["fair"]["p50_ms"], lat["agentcg"]["p50_ms"]),
-            "hog_throughput_agentcg_over_fair": ratio(thr["agentcg"], thr["fair"]),
-        },
         "environment": environment(),
     }
     report["text"] = format_report(report)
@@ -190,23 +207,29 @@ def cpu(cfg: Config, rounds: int = 3, samples: int = 100, window_s: float = 10.0
 def format_report(r: dict[str, Any]) -> str:
     lines = [
         f"agentcg bench cpu: {r['rounds']} rounds x {r['samples_per_round']} wake-ups per "
-        f"variant, {r['hogs']} low-priority hogs; kernel {r['environment']['kernel']}",
-        "",
-        f"{'variant':<10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'hog it/s':>14}",
+        f"variant and kind of hogs, {r['hogs']} hogs; kernel {r['environment']['kernel']}",
     ]
-    for v in VARIANTS:
-        s = r["latency"][v]
+    for hogs_of, sc in r["scenarios"].items():
+        lines += [
+            "",
+            f"{hogs_of} hogs ({r['hog_intents'][hogs_of]['priority']} priority): "
+            "wake-up lateness, and its run-queue part",
+            f"{'variant':<10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+            f"{'rq p50':>9}{'rq p99':>9}{'hog it/s':>14}",
+        ]
+        for v in VARIANTS:
+            a, q = sc["latency"][v], sc["runqueue"][v]
+            lines.append(
+                f"{v:<10}{a['p50_ms']:>9.2f}{a['p95_ms']:>9.2f}{a['p99_ms']:>9.2f}"
+                f"{q['p50_ms']:>9.2f}{q['p99_ms']:>9.2f}{sc['hog_iterations_per_s'][v]:>14,}"
+            )
+        q = sc["ratios"]
         lines.append(
-            f"{v:<10}{s['p50_ms']:>10.2f}{s['p95_ms']:>10.2f}{s['p99_ms']:>10.2f}"
-            f"{r['hog_iterations_per_s'][v]:>14,}"
+            f"p99 fair/agentcg {q['p99_fair_over_agentcg']}x (run queue "
+            f"{q['runq_p99_fair_over_agentcg']}x), p50 {q['p50_fair_over_agentcg']}x; "
+            f"hog throughput agentcg/fair {q['hog_throughput_agentcg_over_fair']}"
         )
-    q = r["ratios"]
-    lines += [
-        "",
-        f"p99 fair/agentcg {q['p99_fair_over_agentcg']}x, p50 {q['p50_fair_over_agentcg']}x; "
-        f"hog throughput agentcg/fair {q['hog_throughput_agentcg_over_fair']}",
-        "weights 100:200:300 on one CPU (shares, largest deviation in points):",
-    ]
+    lines += ["", "weights 100:200:300 on one CPU (shares, largest deviation in points):"]
     for v in VARIANTS:
         w = r["weights"][v]
         shares = " ".join(f"{x:.3f}" for x in w["shares"].values())

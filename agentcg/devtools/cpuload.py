@@ -4,7 +4,8 @@ A worker is a forked child that puts itself into a cgroup, optionally pins itsel
 CPUs and switches to SCHED_EXT, then runs a body and sends its result back through a
 pipe as JSON. Bodies: ``hog`` burns CPU counting loop iterations until SIGTERM (its throughput);
 ``probe`` sleeps a fixed period over and over and records how late each wake-up was
-(the time from its timer firing to it running again, plus constant interpreter cost).
+(the time from its timer firing to it running again, plus constant interpreter cost)
+and how much of that it spent in a run queue.
 Forking (no exec) keeps start-up cheap under emulation.
 """
 
@@ -93,18 +94,29 @@ def hog() -> tuple[int, float]:
 
 
 def probe(samples: int, period_s: float, delay_s: float = 0.0) -> Body:
-    """A body that, after delay_s, sleeps period_s ``samples`` times and returns how
-    late each wake-up was, in microseconds."""
+    """A body that, after delay_s, sleeps period_s ``samples`` times and returns, in
+    microseconds, how late each wake-up was (``late_us``) and how long of that it
+    waited in a run queue (``runq_us``: the kernel's run_delay from
+    /proc/self/schedstat, the scheduler's part without the timer's and the
+    interpreter's)."""
 
-    def body() -> list[float]:
+    def body() -> dict[str, list[float]]:
         time.sleep(delay_s)
-        late = []
+        late, runq = [], []
         period_ns = int(period_s * 1e9)
-        for _ in range(samples):
-            t0 = time.monotonic_ns()
-            time.sleep(period_s)
-            late.append((time.monotonic_ns() - t0 - period_ns) / 1000)
-        return late
+        fd = os.open("/proc/self/schedstat", os.O_RDONLY)
+        try:
+            for _ in range(samples):
+                q0 = int(os.pread(fd, 128, 0).split()[1])
+                t0 = time.monotonic_ns()
+                time.sleep(period_s)
+                t1 = time.monotonic_ns()
+                q1 = int(os.pread(fd, 128, 0).split()[1])
+                late.append((t1 - t0 - period_ns) / 1000)
+                runq.append((q1 - q0) / 1000)
+        finally:
+            os.close(fd)
+        return {"late_us": late, "runq_us": runq}
 
     return body
 
