@@ -40,8 +40,9 @@ def run_demo(session: str = "demo") -> int:
     py = sys.executable
     with Client() as client:
         print(f"demo agent (pid {os.getpid()}) connected: {client.server['server']}")
-        client.open_session(session, memory="1G")
-        print(f"session {session!r} opened with a 1 GiB budget\n")
+        # 768 MiB: within the default cap (half of what is available) of a 2 GiB VM.
+        client.open_session(session, memory="768M")
+        print(f"session {session!r} opened with a 768 MiB budget\n")
         steps: list[tuple[str, dict[str, Any], list[str]]] = [
             ("git status (low)", {"memory": "low", "label": "git"}, ["true"]),
             (

@@ -160,3 +160,13 @@ def test_adopted_agent_lives_in_its_session_and_is_given_back(daemon: RunningDae
     assert seen["bound"] == "adopted" and seen["call_session"] == "adopted"
     assert seen["after"] == seen["before"]
     assert not (daemon.root.path / "sessions/adopted").exists()
+
+
+def test_demo_agent_runs_through(daemon: RunningDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    """The scripted agent that `scripts/run` shows: every step, the OOM and the retry."""
+    from agentcg.devtools.demo import run_demo
+
+    assert run_demo(session="demo-e2e") == 0
+    out = capsys.readouterr().out
+    assert "killed (oom)" in out and "retry asking" in out, out
+    assert "the agent process was never touched" in out, out
