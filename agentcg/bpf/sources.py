@@ -71,7 +71,9 @@ def load_bcc(name: str, what: str, cflags: Sequence[str] = ()) -> Any:
             ErrorCode.UNAVAILABLE, f"bcc is not importable ({e}); install python3-bpfcc"
         ) from None
     try:
-        return BPF(text=text.encode(), cflags=[f"-I{include}", *cflags])
+        # The kernel's own headers (asm/ibt.h) trip -Wignored-attributes under bcc's
+        # clang; left on, every daemon start logs a screenful of warnings on stderr.
+        return BPF(text=text.encode(), cflags=[f"-I{include}", "-Wno-ignored-attributes", *cflags])
     except Exception as e:  # bcc raises bare Exception on compile and load failures
         raise AgentcgError(
             ErrorCode.UNAVAILABLE,
