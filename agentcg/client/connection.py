@@ -2,21 +2,23 @@
 events, and surviving a daemon restart (reconnect, then claim the running calls again).
 
 agentcg.client.sdk builds the agent's API (sessions, tool calls) on it. Like the SDK,
-this is on the `agentcg run` path: standard library modules it needs anyway, no more.
+this is on the `agentcg run` path: standard library modules it needs anyway, no more,
+and their C cores where the Python layer costs start-up time for nothing used here:
+`_socket` (the socket module's enums and `selectors`: ~2 ms), `_queue`'s SimpleQueue
+(queue.py: ~1 ms), agentcg.client.wire (json: ~6 ms with `re`).
 """
 
 from __future__ import annotations
 
-import contextlib
+import _socket
 import itertools
-import json
 import os
-import queue
-import socket
 import threading
 import time
+from _queue import Empty, SimpleQueue
 from collections.abc import Callable
 
+from agentcg.client import wire
 from agentcg.core.errors import AgentcgError
 
 # Annotations only (never evaluated): importing typing would slow `agentcg run`.
@@ -48,6 +50,15 @@ def socket_path() -> str:
     return os.environ.get("AGENTCG_SOCKET", DEFAULT_SOCKET)
 
 
+def _shutdown(sock: _socket.socket, how: int) -> None:
+    """shutdown(2) a socket whose peer may be gone already. Not contextlib.suppress:
+    importing contextlib is ~1 ms of `agentcg run`'s start-up."""
+    try:  # noqa: SIM105
+        sock.shutdown(how)
+    except OSError:
+        pass
+
+
 class Connection:
     """One connection to the daemon; thread-safe request/response plus pushed events."""
 
@@ -62,7 +73,7 @@ class Connection:
         self.on_event = on_event
         self._ids = itertools.count(1)
         # request id -> (answer queue, generation of the connection it was sent on)
-        self._waiting: dict[int, tuple[queue.Queue[dict[str, Any] | None], int]] = {}
+        self._waiting: dict[int, tuple[SimpleQueue[dict[str, Any] | None], int]] = {}
         self._lock = threading.Lock()  # _waiting, _sock, _gen, reconnect hand-over
         self._send_lock = threading.Lock()  # one frame at a time on the socket
         self._calls: dict[str, ToolCall] = {}
@@ -85,9 +96,9 @@ class Connection:
             raise
         self._connected.set()
 
-    def _start(self) -> socket.socket:
+    def _start(self) -> _socket.socket:
         """Connect, make the socket current (a new generation), then start its reader."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(self.path)
         except OSError as e:
@@ -109,7 +120,7 @@ class Connection:
         self._reader_thread.start()
         return sock
 
-    def _reader(self, sock: socket.socket, gen: int) -> None:
+    def _reader(self, sock: _socket.socket, gen: int) -> None:
         buf = b""
         while True:
             try:
@@ -122,7 +133,7 @@ class Connection:
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 try:
-                    msg = json.loads(line)
+                    msg = wire.loads(line)
                 except ValueError:
                     continue  # not ours to crash on; the request times out instead
                 if isinstance(msg, dict):
@@ -142,7 +153,7 @@ class Connection:
         if reconnect:
             self._reconnect()
 
-    def _dispatch(self, msg: dict[str, Any], sock: socket.socket, gen: int) -> None:
+    def _dispatch(self, msg: dict[str, Any], sock: _socket.socket, gen: int) -> None:
         if "event" in msg:
             call = self._calls.get(msg.get("call", ""))
             if call is not None:
@@ -159,8 +170,7 @@ class Connection:
                 targets = [q for q, g in self._waiting.values() if g == gen]
                 # Send nothing more on it: a later request fails to send (_NotSent) and
                 # is retried after the reconnect instead of being lost with the socket.
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_WR)
+                _shutdown(sock, _socket.SHUT_WR)
             else:
                 entry = self._waiting.get(rid)  # type: ignore[arg-type]
                 targets = [entry[0]] if entry is not None else []
@@ -184,8 +194,7 @@ class Connection:
                 return
             except AgentcgError:
                 # Shutting it down ends the attempt's reader, which closes the socket.
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                _shutdown(sock, _socket.SHUT_RDWR)
                 time.sleep(0.2)
 
     def _claim(self, call: ToolCall) -> None:
@@ -226,8 +235,8 @@ class Connection:
 
     def _request(self, op: str, args: dict[str, Any], patience: float = 0.0) -> dict[str, Any]:
         rid = next(self._ids)
-        q: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        frame = json.dumps({"v": PROTOCOL_VERSION, "id": rid, "op": op, "args": args}).encode()
+        q: SimpleQueue[dict[str, Any] | None] = SimpleQueue()
+        frame = wire.dumps({"v": PROTOCOL_VERSION, "id": rid, "op": op, "args": args}).encode()
         with self._lock:
             sock, gen = self._sock, self._gen
             self._waiting[rid] = (q, gen)
@@ -243,7 +252,7 @@ class Connection:
                 ) from e
             try:
                 msg = q.get(timeout=self.timeout + patience)
-            except queue.Empty:
+            except Empty:
                 raise AgentcgError(
                     "timeout",
                     f"no answer to {op} within {self.timeout:.0f}s; is the daemon overloaded?",
@@ -265,5 +274,4 @@ class Connection:
             self._closed = True
             sock = self._sock
         # shutdown wakes the reader; it closes the socket under the send lock.
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+        _shutdown(sock, _socket.SHUT_RDWR)

@@ -18,20 +18,21 @@ marked ``"recovered": True`` (exit status known, statistics lost).
 
 from __future__ import annotations
 
-import json
+import _socket
 import os
-import socket
-import subprocess
 import time
 from collections.abc import Sequence
 
+from agentcg.client import wire
 from agentcg.client.connection import PROTOCOL_VERSION, RECONNECT_WINDOW_S, Connection
 from agentcg.client.connection import socket_path as socket_path
 from agentcg.core.errors import AgentcgError
 
-# Annotations only (never evaluated): importing typing would slow `agentcg run`.
+# Annotations only (never evaluated): importing typing would slow `agentcg run`, and
+# `agentcg run` forks the tool itself, without subprocess (~13 ms to import).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
     from typing import Any
 
 
@@ -98,7 +99,7 @@ class ToolCall:
 
     def _attach_frame(self) -> bytes:
         return (
-            json.dumps(
+            wire.dumps(
                 {
                     "v": PROTOCOL_VERSION,
                     "id": 1,
@@ -110,13 +111,14 @@ class ToolCall:
         )
 
     def preexec(self) -> _Attach:
-        """A preexec_fn that attaches the forked child before it execs the tool.
+        """A preexec_fn that attaches the forked child before it execs the tool (for
+        Popen, or called in the child of a plain fork as `agentcg run` does).
 
         The socket, the frame, the reply buffer and the failure message are all made
         here, in the parent: between fork and exec (in a process that may have other
         threads) the child only connects, sends and reads. On failure the child exits
         126 with a one-line reason on stderr. Close the returned object in the parent
-        once Popen has returned.
+        once the child is forked (Popen has returned).
         """
         return _Attach(
             self.client.path,
@@ -133,6 +135,8 @@ class ToolCall:
                 "a caller's preexec_fn is not supported (use start_new_session=, user=, "
                 "group=, umask=, process_group= or a wrapper command instead)"
             )
+        import subprocess
+
         if not self.id:
             self.begin()
         attach = self.preexec()
@@ -143,6 +147,8 @@ class ToolCall:
 
     def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         """Run a command inside this call's cgroup, wait, and end the call."""
+        import subprocess
+
         if kwargs.pop("capture_output", False):
             if "stdout" in kwargs or "stderr" in kwargs:
                 raise ValueError("stdout and stderr arguments may not be used with capture_output")
@@ -191,7 +197,7 @@ class _Attach:
     def __init__(self, path: str, frame: bytes, failure: bytes, timeout: float) -> None:
         # Created in the parent. The child's connect() is what SO_PEERCRED records,
         # so the daemon sees the child's pid. Non-inheritable: gone at exec.
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.sock.settimeout(timeout)  # a hung daemon fails the child instead of hanging it
         self.path = path
         self.frame = frame
