@@ -5,27 +5,38 @@ when the daemon killed it, also when its session was closed or an admin ended th
 meanwhile), 127 for a command that does not exist and 126 for one that cannot run.
 SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to the wrapper reach the tool; the same
 signals from the terminal already reach it (same process group) and are not sent twice.
+The tool gets the wrapper's stdin, stdout, stderr and every other descriptor the
+wrapper inherited (e.g. `<(...)` or a jobserver's pipe), as if it were run directly.
+
+The tool is started with fork and exec, not `subprocess` (whose import alone took
+~13 ms, a third of this wrapper's start-up; docs/benchmarks.md), and the signals are
+handled through `_signal`, the C module behind `signal`.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
-import signal
-import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
+from agentcg.client import wire
 from agentcg.core.errors import AgentcgError
 
 # Annotations only (never evaluated): importing typing would slow `agentcg run`.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
     from typing import Any
+else:
+    # The C module behind `signal`, without the enums signal.py builds at import (~1 ms).
+    import _signal as signal
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 SI_KERNEL = 0x80  # si_code of a signal the kernel sent itself, e.g. the tty's ^C to a group
+# Ignored by the interpreter at start-up; an ignored signal stays ignored across exec, so
+# the tool gets them back at their defaults (as subprocess's restore_signals does).
+RESTORED = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 def _on_event(msg: dict[str, Any]) -> None:
@@ -33,7 +44,7 @@ def _on_event(msg: dict[str, Any]) -> None:
         print(f"agentcg: {msg['data']['message']}", file=sys.stderr, flush=True)
     elif msg["event"] in ("limit_raised", "throttled", "frozen", "thawed", "oom", "killed"):
         print(
-            f"agentcg: tool call {msg['event']}: {json.dumps(msg['data'])}",
+            f"agentcg: tool call {msg['event']}: {wire.dumps(msg['data'])}",
             file=sys.stderr,
             flush=True,
         )
@@ -46,6 +57,48 @@ def _cannot_run(command: Sequence[str], e: OSError) -> int:
 
 def _status(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode
+
+
+def _spawn(command: Sequence[str], attach: Callable[[], None], mask: Iterable[int]) -> int:
+    """Fork; in the child attach, restore the signals, exec `command`. The child's pid;
+    the exec's OSError is raised here, in the parent (as subprocess.Popen does)."""
+    failed, exec_failed = os.pipe()  # closed on exec: EOF here means the tool runs
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(failed)
+            attach()  # exits 126 if the daemon would not place it
+            for sig in RESTORED:
+                signal.signal(sig, signal.SIG_DFL)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                # As exec would reset it: a ^C pending here ends the tool, not this code.
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.execvp(command[0], list(command))
+        except OSError as e:
+            os.write(exec_failed, str(e.errno).encode())
+        finally:
+            os._exit(127)  # never back into the parent's code
+    os.close(exec_failed)
+    try:
+        code = os.read(failed, 32)
+    finally:
+        os.close(failed)
+    if code:
+        os.waitpid(pid, 0)
+        raise OSError(int(code), os.strerror(int(code)))
+    return pid
+
+
+def _wait(pid: int, waited: Iterable[int]) -> int:
+    """Wait for the tool, forwarding the signals the wrapper gets; its returncode."""
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        info = signal.sigwaitinfo(waited)
+        if info.si_signo != signal.SIGCHLD and info.si_code != SI_KERNEL:
+            os.kill(pid, info.si_signo)  # not reaped yet: still our child's pid
 
 
 def run_tool(
@@ -81,23 +134,14 @@ def run_tool(
         finally:
             signal.pthread_sigmask(signal.SIG_BLOCK, waited)
         attach = call.preexec()
-
-        def child() -> None:
-            attach()  # exits 126 if the daemon would not place it
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
         try:
-            proc = subprocess.Popen(list(command), preexec_fn=child)
+            pid = _spawn(command, attach, mask)
         except OSError as e:
             call.end(127 if e.errno == errno.ENOENT else 126)
             return _cannot_run(command, e)
         finally:
             attach.close()
-        while proc.poll() is None:
-            info = signal.sigwaitinfo(waited)
-            if info.si_signo != signal.SIGCHLD and info.si_code != SI_KERNEL:
-                proc.send_signal(info.si_signo)
-        status = proc.returncode
+        status = _wait(pid, waited)
         try:
             outcome = call.end(status)
         except AgentcgError as e:
@@ -111,7 +155,7 @@ def run_tool(
             )
             return _status(status)
     if json_out:
-        print(json.dumps(outcome), file=sys.stderr)
+        print(wire.dumps(outcome), file=sys.stderr)
     if outcome.get("advice"):
         print(f"agentcg: {outcome['advice']}", file=sys.stderr)
     return _status(status)
