@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -70,21 +71,40 @@ def test_sdk_speaks_the_daemons_protocol_version():
     assert sdk.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
 
 
-def test_run_path_imports_no_click_asyncio_typing_or_daemon():
-    """What `agentcg run` loads before it talks to the daemon (start-up time). Without
-    site (-S), so that .pth files of this venv do not preload anything."""
-    root = str(Path(__file__).resolve().parents[2])
+def test_run_path_imports_only_what_it_needs(tmp_path: Path):
+    """What `agentcg run -- true` loads, from the installed command's first line to its
+    connect (start-up time; docs/benchmarks.md): no click, asyncio, typing or daemon, nor
+    the standard library's Python layers the run path does without (subprocess, json and
+    re, socket, queue, contextlib, signal.py). Without site (-S), so that .pth files of
+    this venv do not preload anything."""
+    root = Path(__file__).resolve().parents[2]
     code = (
-        "import sys, json\n"
-        f"sys.path.insert(0, {root!r})\n"
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(root)!r})\n"
+        f"os.environ['AGENTCG_SOCKET'] = {str(tmp_path / 'nobody-listens.sock')!r}\n"
+        "sys.argv = ['agentcg', 'run', '--', 'true']\n"
         "before = set(sys.modules)\n"
-        "import agentcg.cli.entry, agentcg.cli.run, agentcg.client\n"
-        "print(json.dumps(sorted(set(sys.modules) - before)))\n"
+        "try:\n"
+        f"    exec(compile(open({str(root / 'bin' / 'agentcg')!r}).read(), 'agentcg', 'exec'))\n"
+        "except SystemExit as e:\n"
+        "    print(e.code, sorted(set(sys.modules) - before))\n"
     )
     out = subprocess.run(
         [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True
     )
-    loaded = set(json.loads(out.stdout))
+    assert "cannot reach the agentcg daemon" in out.stderr
+    status, loaded = out.stdout.split(" ", 1)
+    assert status == "1"
+    modules = set(ast.literal_eval(loaded))
+    assert {"agentcg.cli.run", "agentcg.client.connection"} <= modules
     heavy = {"click", "asyncio", "typing", "agentcg.core.protocol", "agentcg.core.intent"}
-    assert not heavy & loaded, heavy & loaded
-    assert not {m for m in loaded if m.startswith(("agentcg.daemon", "agentcg.kernel"))}
+    heavy |= {"subprocess", "json", "re", "socket", "selectors", "queue", "contextlib", "signal"}
+    assert not heavy & modules, heavy & modules
+    assert not {m for m in modules if m.startswith(("agentcg.daemon", "agentcg.kernel"))}
+
+
+def test_the_command_is_the_launcher_script():
+    # Not a [project.scripts] entry point: pip's wrapper for one imports `re` first.
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert "scripts" not in project["project"]
+    assert project["tool"]["setuptools"]["script-files"] == ["bin/agentcg"]
