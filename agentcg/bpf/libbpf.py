@@ -203,6 +203,14 @@ class PinnedMap:
             lib().bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), 0),
         )
 
+    def insert(self, key: ctypes._SimpleCData[Any], value: ctypes.Structure) -> bool:
+        """Add an entry unless the key has one (BPF_NOEXIST); whether it was added."""
+        rc = lib().bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), 1)
+        if rc == -17:  # EEXIST
+            return False
+        _check(f"insert into {self.path}", rc)
+        return True
+
     def delete(self, key: ctypes._SimpleCData[Any]) -> None:
         rc = lib().bpf_map_delete_elem(self.fd, ctypes.byref(key))
         if rc != -2:

@@ -126,6 +126,13 @@ def kernel_state(sysfs: Path = SYSFS) -> KernelState:
     return KernelState(state, ops or None, _read(sysfs / "switch_all") == "1")
 
 
+def foreign_scheduler(sysfs: Path = SYSFS) -> str | None:
+    """The name of a loaded sched_ext scheduler that is not agentcg's, else None: one
+    read (root/ops exists only while a scheduler is registered), for every attach."""
+    ops = _read(sysfs / "root" / "ops")
+    return ops if ops and ops != NAME else None
+
+
 def object_path() -> Path:
     return Path(str(resources.files("agentcg.bpf").joinpath(OBJECT)))
 
@@ -252,8 +259,7 @@ class Scheduler:
         self._map("call_settings").update(
             _key(cgroup_id), Settings(int(sched.klass), 0, sched.slice_ns)
         )
-        if self._map("call_stats").lookup(_key(cgroup_id)) is None:
-            self._map("call_stats").update(_key(cgroup_id), Stats())
+        self._map("call_stats").insert(_key(cgroup_id), Stats())
 
     def write_raw_settings(self, cgroup_id: int, klass: int, slice_ns: int) -> None:
         """Write settings unchecked (what a buggy writer could): the scheduler must

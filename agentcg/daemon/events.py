@@ -35,9 +35,9 @@ class KernelEvents:
         """`fresh`: call.begin just wrote its limits (not a call recovered after a
         restart), so escalation knows its memory.high without reading it back."""
         assert self.watcher is not None
-        path, call_id = self.reg.call_cg(call).path, call.id
-        self.watcher.add(path / "memory.events", lambda _p: self._on_memory_events(call_id))
-        self.watcher.add(path / "cgroup.events", lambda _p: self._on_cgroup_events(call_id))
+        cg, call_id = self.reg.call_cg(call), call.id
+        self.watcher.add(cg.file("memory.events"), lambda _p: self._on_memory_events(call_id))
+        self.watcher.add(cg.file("cgroup.events"), lambda _p: self._on_cgroup_events(call_id))
         self.detect.watch_call(call)
         if fresh:
             self.escalation.begun(call)
@@ -45,9 +45,9 @@ class KernelEvents:
 
     def unwatch(self, call: Call) -> None:
         if self.watcher:
-            path = self.reg.call_cg(call).path
-            self.watcher.remove(path / "memory.events")
-            self.watcher.remove(path / "cgroup.events")
+            cg = self.reg.call_cg(call)
+            self.watcher.remove(cg.file("memory.events"))
+            self.watcher.remove(cg.file("cgroup.events"))
         self.detect.unwatch_call(call)
         self.escalation.forget(call)
 

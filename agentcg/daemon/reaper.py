@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import errno
 import logging
-from pathlib import Path
+import os
 
 from agentcg.kernel.cgroup import Cgroup, CgroupError
 from agentcg.kernel.watch import Watcher
@@ -27,7 +27,7 @@ RETRY_S = 5.0  # leftovers are also retried this often (inotify is the fast path
 class Reaper:
     def __init__(self) -> None:
         self.watcher: Watcher | None = None
-        self.leftovers: dict[Path, Cgroup] = {}
+        self.leftovers: dict[str, Cgroup] = {}  # by Cgroup.dir
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self, watcher: Watcher) -> None:
@@ -56,15 +56,15 @@ class Reaper:
 
     def later(self, cg: Cgroup) -> None:
         """Remove a subtree in the background (killing what is in it) whenever it can go."""
-        if cg.path in self.leftovers or not cg.exists():
+        if cg.dir in self.leftovers or not cg.exists():
             return
-        log.warning("%s is not empty yet (a task in uninterruptible sleep?); retrying", cg.path)
-        self.leftovers[cg.path] = cg
+        log.warning("%s is not empty yet (a task in uninterruptible sleep?); retrying", cg.dir)
+        self.leftovers[cg.dir] = cg
         with contextlib.suppress(CgroupError, OSError):
             cg.kill()
         if self.watcher:
             with contextlib.suppress(OSError):
-                self.watcher.add(cg.path / "cgroup.events", lambda _p: self._retry(cg.path))
+                self.watcher.add(cg.file("cgroup.events"), lambda _p: self._retry(cg.dir))
         self._arm()
 
     def _arm(self) -> None:
@@ -77,7 +77,7 @@ class Reaper:
             self._retry(path)
         self._arm()
 
-    def _retry(self, path: Path) -> None:
+    def _retry(self, path: str) -> None:
         cg = self.leftovers.get(path)
         if cg is None:
             return
@@ -88,15 +88,15 @@ class Reaper:
         if self._rmdir_tree(cg):
             del self.leftovers[path]
             if self.watcher:
-                self.watcher.remove(path / "cgroup.events")
+                self.watcher.remove(cg.file("cgroup.events"))
             log.info("removed leftover %s", path)
 
     async def _wait_empty(self, cg: Cgroup, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = loop.create_future()
-        path = cg.path / "cgroup.events"
+        path = cg.file("cgroup.events")
 
-        def check(_p: Path | None = None) -> None:
+        def check(_p: str | None = None) -> None:
             try:
                 empty = not cg.populated
             except (CgroupError, OSError):
@@ -104,7 +104,7 @@ class Reaper:
             if empty and not done.done():
                 done.set_result(True)
 
-        if self.watcher is None or path.parent in self.leftovers:
+        if self.watcher is None or cg.dir in self.leftovers:
             return False
         try:
             self.watcher.add(path, check)
@@ -122,7 +122,7 @@ class Reaper:
     def _rmdir_tree(cg: Cgroup) -> bool:
         """rmdir deepest first, without waiting; False if something is still busy."""
         try:
-            cg.path.rmdir()  # a leaf, as a call's cgroup nearly always is: no walk
+            os.rmdir(cg.dir)  # a leaf, as a call's cgroup nearly always is: no walk
             return True
         except FileNotFoundError:
             return True
@@ -132,7 +132,7 @@ class Reaper:
                 return False
         for c in reversed(list(_walk(cg))):
             try:
-                c.path.rmdir()
+                os.rmdir(c.dir)
             except FileNotFoundError:
                 continue
             except OSError as e:

@@ -156,11 +156,11 @@ class SchedService:
             self.state = "loading"
             self._work = asyncio.ensure_future(self._load(fresh=False))
             return
-        self._report()
+        self._report(ks)
         self._poll_later()
 
-    def _report(self) -> None:
-        ks = scx.kernel_state()
+    def _report(self, ks: scx.KernelState | None = None) -> None:
+        ks = ks or scx.kernel_state()
         counters: dict[str, int] = {"loads": self.loads, "failures": self.failures}
         if self.state == "running":
             with contextlib.suppress(AgentcgError):
@@ -195,8 +195,7 @@ class SchedService:
         """Put the attaching tool process on SCHED_EXT (before it execs)."""
         if not self._active() or not needs_policy(call.limits, self._session_cpu(call), self.sc):
             return
-        ks = scx.kernel_state()
-        if ks.state == "enabled" and not ks.ours:
+        if scx.foreign_scheduler():
             return  # someone else's scheduler: leave the call on the fair class
         try:
             scx.set_policy(pid)

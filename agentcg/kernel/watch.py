@@ -13,7 +13,6 @@ import ctypes.util
 import os
 import struct
 from collections.abc import Callable
-from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 IN_MODIFY = 0x00000002
@@ -33,11 +32,11 @@ class Watcher:
             raise OSError(err, f"inotify_init1: {os.strerror(err)}")
         self._fd = fd
         self._loop = loop
-        self._by_wd: dict[int, tuple[Path, Callable[[Path], None]]] = {}
-        self._by_path: dict[Path, int] = {}
+        self._by_wd: dict[int, tuple[str, Callable[[str], None]]] = {}
+        self._by_path: dict[str, int] = {}
         loop.add_reader(fd, self._drain)
 
-    def add(self, path: Path, callback: Callable[[Path], None]) -> None:
+    def add(self, path: str, callback: Callable[[str], None]) -> None:
         wd = _libc.inotify_add_watch(self._fd, os.fsencode(path), IN_MODIFY)
         if wd < 0:
             err = ctypes.get_errno()
@@ -45,7 +44,7 @@ class Watcher:
         self._by_wd[wd] = (path, callback)
         self._by_path[path] = wd
 
-    def remove(self, path: Path) -> None:
+    def remove(self, path: str) -> None:
         wd = self._by_path.pop(path, None)
         if wd is not None:
             self._by_wd.pop(wd, None)

@@ -159,3 +159,21 @@ def test_children_and_memory_peak_absent(tmp_path):
     assert cg.memory_current() == 4096
     assert cg.memory_peak() is None
     assert Cgroup(tmp_path / "missing").children() == []
+    with pytest.raises(CgroupError) as e:
+        Cgroup(tmp_path / "missing").memory_peak()  # gone, not a kernel without the file
+    assert e.value.code == "not_found"
+
+
+def test_paths_are_built_as_strings_and_agree_with_pathlib(tmp_path):
+    cg = Cgroup(tmp_path).child("s1").child("call-c1")
+    assert cg.dir == f"{tmp_path}/s1/call-c1" and cg.path == tmp_path / "s1" / "call-c1"
+    assert cg.file("memory.events") == str(cg.path / "memory.events")
+    assert cg == Cgroup(tmp_path / "s1" / "call-c1") and cg.name == "call-c1"
+    assert not cg.exists()
+    Cgroup(tmp_path / "s1").create()
+    cg.create()
+    (cg.path / "cgroup.procs").write_text("")
+    assert cg.exists()
+    (cg.path / "cgroup.procs").unlink()  # cgroupfs would drop its files with the rmdir
+    cg.remove()
+    assert not cg.path.exists()
