@@ -82,6 +82,7 @@ struct {
 } exit_info SEC(".maps");
 
 struct task_ctx {
+	u64 cgid;       /* its cgroup's id, kept by init_task and cgroup_move */
 	u64 queued_at;  /* when it last started waiting for a CPU; 0: not waiting */
 	u64 running_at; /* when it last got a CPU */
 	u64 slice;      /* its call's slice, as of its last wake-up or enqueue */
@@ -145,13 +146,13 @@ static struct cpu_ctx *this_cpu_ctx(void)
 	return bpf_map_lookup_elem(&cpu_ctx, &zero);
 }
 
-/* The cgroup id of the task's cgroup, and our context for it (NULL if none yet). */
-static struct cg_ctx *task_cgroup(struct task_struct *p, u64 *cgid)
+/* Our context for the task's cgroup (NULL if none yet). Where only the cgroup's id
+ * is needed, task_ctx has it: this costs a kfunc call and a reference. */
+static struct cg_ctx *task_cgroup(struct task_struct *p)
 {
 	struct cgroup *cgrp = scx_bpf_task_cgroup(p);
 	struct cg_ctx *cgc = bpf_cgrp_storage_get(&cg_ctx, cgrp, 0, 0);
 
-	*cgid = cgrp->kn->id;
 	bpf_cgroup_release(cgrp);
 	return cgc;
 }
@@ -165,19 +166,19 @@ static void bad_settings(u64 cgid, u32 klass)
 }
 
 /* The class and slice the task's call asked for; NORMAL and the default slice
- * for tasks whose cgroup has no settings. Also remembers the class. */
-static u64 task_settings(struct task_struct *p, u32 *klass, u64 *cgid)
+ * for tasks whose cgroup has no settings (or no task_ctx). Also remembers them. */
+static u64 task_settings(struct task_ctx *tc, u32 *klass)
 {
 	struct agentcg_sched_settings *s;
-	struct task_ctx *tc;
 	u64 slice = knobs.slice_ns;
 
 	*klass = AGENTCG_CLASS_NORMAL;
-	task_cgroup(p, cgid);
-	s = bpf_map_lookup_elem(&call_settings, cgid);
+	if (!tc)
+		return slice;
+	s = bpf_map_lookup_elem(&call_settings, &tc->cgid);
 	if (s) {
 		if (s->klass >= AGENTCG_NR_CLASSES) {
-			bad_settings(*cgid, s->klass);
+			bad_settings(tc->cgid, s->klass);
 		} else {
 			*klass = s->klass;
 			if (s->slice_ns)
@@ -185,11 +186,8 @@ static u64 task_settings(struct task_struct *p, u32 *klass, u64 *cgid)
 		}
 		stat_inc(AGENTCG_STAT_SETTINGS);
 	}
-	tc = bpf_task_storage_get(&task_ctx, p, 0, 0);
-	if (tc) {
-		tc->klass = *klass;
-		tc->slice = slice;
-	}
+	tc->klass = *klass;
+	tc->slice = slice;
 	return slice;
 }
 
@@ -270,12 +268,12 @@ s32 OPS(agentcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
 	bool idle = false;
 	u32 klass;
-	u64 cgid, slice;
+	u64 slice;
 	s32 cpu;
 
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &idle);
 	if (idle) {
-		slice = task_settings(p, &klass, &cgid);
+		slice = task_settings(bpf_task_storage_get(&task_ctx, p, 0, 0), &klass);
 		start_vtime(p, klass);
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice, 0);
 		stat_inc(AGENTCG_STAT_DIRECT);
@@ -285,12 +283,13 @@ s32 OPS(agentcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 
 void OPS(agentcg_enqueue, struct task_struct *p, u64 enq_flags)
 {
+	struct task_ctx *tc = bpf_task_storage_get(&task_ctx, p, 0, 0);
 	struct agentcg_sched_stats *st;
-	u64 cgid, slice, vtime;
+	u64 slice, vtime;
 	u32 klass;
 	s32 cpu;
 
-	slice = task_settings(p, &klass, &cgid);
+	slice = task_settings(tc, &klass);
 	vtime = start_vtime(p, klass);
 	if (klass == AGENTCG_CLASS_LATENCY && (enq_flags & SCX_ENQ_WAKEUP)) {
 		cpu = preempt_target(p, vtime);
@@ -298,7 +297,7 @@ void OPS(agentcg_enqueue, struct task_struct *p, u64 enq_flags)
 			scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice,
 					   enq_flags | SCX_ENQ_PREEMPT);
 			stat_inc(AGENTCG_STAT_PREEMPT);
-			st = call_stats_of(cgid);
+			st = tc ? call_stats_of(tc->cgid) : NULL;
 			if (st)
 				__sync_fetch_and_add(&st->preempts, 1);
 			return;
@@ -333,10 +332,8 @@ void OPS(agentcg_dispatch, s32 cpu, struct task_struct *prev)
 void OPS(agentcg_runnable, struct task_struct *p, u64 enq_flags)
 {
 	struct task_ctx *tc = bpf_task_storage_get(&task_ctx, p, 0, 0);
-	struct cg_ctx *cgc;
-	u64 cgid;
+	struct cg_ctx *cgc = task_cgroup(p);
 
-	cgc = task_cgroup(p, &cgid);
 	if (cgc)
 		__sync_fetch_and_add(&cgc->nr_runnable, 1);
 	if (tc)
@@ -348,14 +345,14 @@ void OPS(agentcg_running, struct task_struct *p)
 	struct task_ctx *tc = bpf_task_storage_get(&task_ctx, p, 0, 0);
 	struct cpu_ctx *c = this_cpu_ctx();
 	struct agentcg_sched_stats *st;
-	u64 now = scx_bpf_now(), cgid, wait;
+	u64 now = scx_bpf_now(), wait;
 	struct cg_ctx *cgc;
 
 	if (vtime_before(vtime_now, p->scx.dsq_vtime))
 		vtime_now = p->scx.dsq_vtime;
 	if (!tc)
 		return;
-	cgc = task_cgroup(p, &cgid);
+	cgc = task_cgroup(p);
 	tc->weight = cgc && cgc->weight ? cgc->weight : DEFAULT_WEIGHT;
 	tc->share = cgc && cgc->nr_runnable > 1 ? cgc->nr_runnable : 1;
 	if (c) {
@@ -366,7 +363,7 @@ void OPS(agentcg_running, struct task_struct *p)
 		c->share = tc->share;
 		c->busy = 1;
 	}
-	st = call_stats_of(cgid);
+	st = call_stats_of(tc->cgid);
 	if (st) {
 		__sync_fetch_and_add(&st->dispatches, 1);
 		if (tc->queued_at && vtime_before(tc->queued_at, now)) {
@@ -385,7 +382,7 @@ void OPS(agentcg_stopping, struct task_struct *p, bool runnable)
 	struct task_ctx *tc = bpf_task_storage_get(&task_ctx, p, 0, 0);
 	struct cpu_ctx *c = this_cpu_ctx();
 	struct agentcg_sched_stats *st;
-	u64 now = scx_bpf_now(), cgid, used;
+	u64 now = scx_bpf_now(), used;
 
 	if (c)
 		c->busy = 0;
@@ -393,8 +390,7 @@ void OPS(agentcg_stopping, struct task_struct *p, bool runnable)
 		return;
 	used = now - tc->running_at;
 	p->scx.dsq_vtime += charge(tc, used);
-	task_cgroup(p, &cgid);
-	st = call_stats_of(cgid);
+	st = call_stats_of(tc->cgid);
 	if (st)
 		__sync_fetch_and_add(&st->run_ns, used);
 	tc->running_at = 0;
@@ -404,10 +400,8 @@ void OPS(agentcg_stopping, struct task_struct *p, bool runnable)
 
 void OPS(agentcg_quiescent, struct task_struct *p, u64 deq_flags)
 {
-	struct cg_ctx *cgc;
-	u64 cgid;
+	struct cg_ctx *cgc = task_cgroup(p);
 
-	cgc = task_cgroup(p, &cgid);
 	if (cgc && cgc->nr_runnable > 0)
 		__sync_fetch_and_sub(&cgc->nr_runnable, 1);
 }
@@ -419,9 +413,23 @@ void OPS(agentcg_enable, struct task_struct *p)
 
 s32 OPS_SLEEPABLE(agentcg_init_task, struct task_struct *p, struct scx_init_task_args *args)
 {
-	if (!bpf_task_storage_get(&task_ctx, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE))
+	struct task_ctx *tc;
+
+	tc = bpf_task_storage_get(&task_ctx, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!tc)
 		return -ENOMEM;
+	tc->cgid = args->cgroup->kn->id;
 	return 0;
+}
+
+/* The kernel calls this whenever the task's cgroup (the one scx_bpf_task_cgroup
+ * returns) changes, and init_task gives the first one, so task_ctx's id stays right. */
+void OPS(agentcg_cgroup_move, struct task_struct *p, struct cgroup *from, struct cgroup *to)
+{
+	struct task_ctx *tc = bpf_task_storage_get(&task_ctx, p, 0, 0);
+
+	if (tc)
+		tc->cgid = to->kn->id;
 }
 
 s32 OPS_SLEEPABLE(agentcg_cgroup_init, struct cgroup *cgrp, struct scx_cgroup_init_args *args)
@@ -479,6 +487,7 @@ void OPS(agentcg_exit, struct scx_exit_info *ei)
 	.enable = (void *)agentcg_enable,                           \
 	.init_task = (void *)agentcg_init_task,                     \
 	.cgroup_init = (void *)agentcg_cgroup_init,                 \
+	.cgroup_move = (void *)agentcg_cgroup_move,                 \
 	.cgroup_set_weight = (void *)agentcg_cgroup_set_weight,     \
 	.init = (void *)agentcg_init,                               \
 	.exit = (void *)agentcg_exit,                               \
