@@ -73,7 +73,7 @@ class Call:
             "token": self.token,
             "owner_uid": self.owner_uid,
             "owner_pid": self.owner_pid,
-            "intent": asdict(self.intent),
+            "intent": dict(vars(self.intent)),
             "limits": self.limits.to_dict(),
             "started": self.started,
         }
