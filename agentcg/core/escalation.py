@@ -36,6 +36,7 @@ The rules:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -150,6 +151,22 @@ def next_recheck(previous: float | None, changed: bool, base: float, most: float
     if changed or previous is None:
         return base
     return max(base, min(previous * 2, most))
+
+
+def at_rest(calls: Iterable[tuple[int, bool, int | None, int | None]], t: Tuning) -> bool:
+    """Whether decide() has nothing to do in a session whatever its memory use, so the
+    daemon need not read it: no call stuck and the session not at its limit (the caller
+    checks those reports), and its calls, as (rank, frozen, memory.high in force, own
+    memory.high), all of one rank, none frozen or held below its own memory.high. Not
+    with the "growth" reserve, whose windows are measured at each look."""
+    if t.reserve_horizon_s is not None:
+        return False
+    ranks = set()
+    for rank, frozen, high, own in calls:
+        if frozen or (high is not None and (own is None or high < own)):
+            return False
+        ranks.add(rank)
+    return len(ranks) <= 1
 
 
 def decide(s: Snapshot, t: Tuning) -> list[Action]:

@@ -126,6 +126,9 @@ class Escalation:
         if sess is None:
             return
         calls = self.reg.live_calls(sess)
+        if self._at_rest(name, calls):
+            self._interval.pop(name, None)
+            return  # nothing to decide: no memory.current to read (each begin and end)
         try:
             snap = self._snapshot(sess, calls)
         except (CgroupError, OSError) as e:
@@ -149,6 +152,18 @@ class Escalation:
             self._ticks[name] = asyncio.get_running_loop().call_later(interval, self.poke, name)
         else:
             self._interval.pop(name, None)
+
+    def _at_rest(self, name: str, calls: list[Call]) -> bool:
+        if name in self._at_limit or any(c.id in self._stuck for c in calls):
+            return False
+        looks = []
+        for c in calls:
+            h = self._held.get(c.id)
+            if h is None or h.throttled:  # not looked at yet, or told it is throttled
+                return False
+            rank = self.reg.cfg.priorities[c.intent.priority].kill_order
+            looks.append((rank, c.frozen_at is not None, h.high, h.own))
+        return escalation.at_rest(looks, self.reg.cfg.memory.tuning())
 
     def _watch_growth(self, snap: Snapshot) -> bool:
         """Whether to keep looking at a session where nothing is held back: when what is

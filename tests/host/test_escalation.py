@@ -10,6 +10,7 @@ from agentcg.core.escalation import (
     Reason,
     Snapshot,
     Tuning,
+    at_rest,
     decide,
     next_recheck,
 )
@@ -354,3 +355,49 @@ def test_recheck_backs_off_while_nothing_changes_and_resets_on_change():
     assert ticks == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 0.05, 0.1]
     # Never below the base, even when the cap is configured under it.
     assert next_recheck(0.05, False, 0.05, 0.0) == 0.05
+
+
+# --- at rest: the daemon may skip reading memory.current --------------------------------
+
+
+def _looks(calls: tuple[CallSnapshot, ...]) -> list[tuple[int, bool, int | None, int | None]]:
+    return [(c.rank, c.frozen, c.high, c.own_high) for c in calls]
+
+
+def test_at_rest_only_when_decide_has_nothing_to_do_whatever_the_usage():
+    import itertools
+    import random
+
+    rng = random.Random(7)
+    highs = [None, 64 * MiB, 128 * MiB]
+    seen = {True: 0, False: 0}
+    for _ in range(3000):
+        calls = []
+        for i in range(rng.randint(0, 3)):
+            high = rng.choice(highs)
+            own = rng.choice([high, high, *highs])
+            calls.append(
+                call(f"c{i}", rng.choice([LOW, HIGH]), 0, high, own=own, frozen=rng.random() < 0.2)
+            )
+        rest = at_rest(_looks(tuple(calls)), T)
+        seen[rest] += 1
+        if not rest:
+            continue
+        for usage, budget in itertools.product([0, 500 * MiB, 2000 * MiB], [None, 1000 * MiB]):
+            scaled = tuple(
+                CallSnapshot(c.call, c.rank, usage, c.high, c.own_high, c.max, c.frozen, False)
+                for c in calls
+            )
+            assert decide(snap(*scaled, budget=budget), T) == []
+    assert seen[True] > 100 and seen[False] > 100  # both sides exercised
+
+
+def test_not_at_rest_with_two_ranks_a_frozen_or_throttled_call_or_growth_reserve():
+    assert at_rest([], T)
+    assert at_rest([(HIGH, False, 64 * MiB, 64 * MiB), (HIGH, False, None, None)], T)
+    assert not at_rest([(HIGH, False, 64 * MiB, 64 * MiB), (LOW, False, None, None)], T)
+    assert not at_rest([(HIGH, True, 64 * MiB, 64 * MiB)], T)
+    assert not at_rest([(LOW, False, 32 * MiB, 64 * MiB)], T)  # a tripwire below its ask
+    assert not at_rest([(LOW, False, 32 * MiB, None)], T)
+    growth = Tuning(step=T.step, thaw_room=T.thaw_room, reserve_horizon_s=30.0)
+    assert not at_rest([(HIGH, False, 64 * MiB, 64 * MiB)], growth)
