@@ -11,9 +11,9 @@
  *   on a call's leaf is all it takes.
  * - Classes from the call's settings (call_settings map, keyed by cgroup id, set
  *   by the daemon at call.begin): LATENCY tasks get a short slice, may start
- *   further behind the clock when they wake (so they are first in the queue), and
- *   on wake-up preempt a CPU that runs a non-LATENCY task further ahead (by its
- *   vtime so far), their own CPU first.
+ *   up to four slices behind the least advanced running task when they wake (so
+ *   they are first in the queue), and on wake-up preempt a CPU that runs a
+ *   non-LATENCY task further ahead (by its vtime so far), their own CPU first.
  *   BATCH tasks get no wake-up credit and never preempt. Both stay bounded by
  *   vtime: a LATENCY call that burns CPU falls behind like any other, so it cannot
  *   starve batch work, and batch hogs cannot delay it beyond one preemption.
@@ -218,45 +218,62 @@ static u64 charge(struct task_ctx *tc, u64 used)
 	return charge_at(tc->weight, tc->share, used);
 }
 
-/* The CPU a waking LATENCY task should take: among the CPUs it may use that run
- * one of our non-LATENCY tasks whose vtime, charged for the time it has run so far,
- * is ahead of the waker's, the one it woke on (no IPI needed), else the one whose
- * task is furthest ahead; -1 if there is none. Comparing with the vtime the running
- * task started with would let a hog that just got the CPU with an old vtime keep
- * it for a whole slice. */
-static s32 preempt_target(struct task_struct *p, u64 vtime)
+/* A waking LATENCY task: the vtime it starts from, and the CPU it should take.
+ *
+ * The vtime is its own, but no further behind than the latency credit from the
+ * least advanced task running now (or from vtime_now, if that is smaller). Not from
+ * vtime_now, the largest start, as start_vtime does: low-weight hogs' vtimes spread
+ * by far more than the credit (a 20 ms slice at cpu.weight 25 is 80 ms of vtime per
+ * runnable task in the cgroup), and a waker floored there came after hogs that had
+ * run less than their share, so it could not preempt them and queued for up to a
+ * slice. It stays bounded: it cannot bank more than the credit, and one that burns
+ * CPU is behind by its own vtime.
+ *
+ * The CPU: among those it may use that run one of our non-LATENCY tasks whose vtime,
+ * charged for the time it has run so far, is ahead of the waker's, the one it woke
+ * on (no IPI needed), else the one whose task is furthest ahead; -1 if there is
+ * none. Comparing with the vtime the running task started with would let a hog that
+ * just got the CPU with an old vtime keep it for a whole slice. */
+static s32 latency_wakeup(struct task_struct *p, u64 *vtime)
 {
 	s32 here = scx_bpf_task_cpu(p), target = -1;
 	struct bpf_iter_num it;
-	u64 worst = vtime, now = scx_bpf_now(), cur;
+	u64 now = scx_bpf_now(), base = vtime_now, here_cur = 0, worst = 0, cur;
+	bool at_here = false;
 	u32 zero = 0;
 	int *cpu;
 
 	bpf_iter_num_new(&it, 0, scx_bpf_nr_cpu_ids());
 	while ((cpu = bpf_iter_num_next(&it))) {
-		struct cpu_ctx *c;
+		struct cpu_ctx *c = bpf_map_lookup_percpu_elem(&cpu_ctx, &zero, *cpu);
 
-		if (!bpf_cpumask_test_cpu(*cpu, p->cpus_ptr))
-			continue;
-		c = bpf_map_lookup_percpu_elem(&cpu_ctx, &zero, *cpu);
-		if (!c || !c->busy || c->klass == AGENTCG_CLASS_LATENCY)
+		if (!c || !c->busy)
 			continue;
 		cur = c->vtime;
 		if (vtime_before(c->running_at, now))
 			cur += charge_at(c->weight, c->share, now - c->running_at);
-		if (!vtime_before(vtime, cur))
+		if (vtime_before(cur, base))
+			base = cur;
+		if (c->klass == AGENTCG_CLASS_LATENCY || !bpf_cpumask_test_cpu(*cpu, p->cpus_ptr))
 			continue;
 		if (*cpu == here) {
-			target = here;
-			break;
-		}
-		if (vtime_before(worst, cur)) {
+			at_here = true;
+			here_cur = cur;
+		} else if (target < 0 || vtime_before(worst, cur)) {
 			worst = cur;
 			target = *cpu;
 		}
 	}
 	bpf_iter_num_destroy(&it);
-	return target;
+	base -= knobs.latency_credit_ns;
+	if (vtime_before(p->scx.dsq_vtime, base))
+		p->scx.dsq_vtime = base;
+	*vtime = p->scx.dsq_vtime;
+	if (at_here && vtime_before(*vtime, here_cur))
+		return here;
+	if (target >= 0 && vtime_before(*vtime, worst))
+		return target;
+	return -1;
 }
 
 static struct agentcg_sched_stats *call_stats_of(u64 cgid)
@@ -290,9 +307,8 @@ void OPS(agentcg_enqueue, struct task_struct *p, u64 enq_flags)
 	s32 cpu;
 
 	slice = task_settings(tc, &klass);
-	vtime = start_vtime(p, klass);
 	if (klass == AGENTCG_CLASS_LATENCY && (enq_flags & SCX_ENQ_WAKEUP)) {
-		cpu = preempt_target(p, vtime);
+		cpu = latency_wakeup(p, &vtime);
 		if (cpu >= 0) {
 			scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice,
 					   enq_flags | SCX_ENQ_PREEMPT);
@@ -302,6 +318,8 @@ void OPS(agentcg_enqueue, struct task_struct *p, u64 enq_flags)
 				__sync_fetch_and_add(&st->preempts, 1);
 			return;
 		}
+	} else {
+		vtime = start_vtime(p, klass);
 	}
 	scx_bpf_dsq_insert_vtime(p, SHARED_DSQ, slice, vtime, enq_flags);
 	stat_inc(AGENTCG_STAT_QUEUED);
