@@ -123,6 +123,9 @@ def format_report(report: dict[str, Any]) -> str:
             "",
             f"agentcg overhead over raw: {_fmt_ms(ov['p50'])} at p50, {_fmt_ms(ov['p99'])} at p99",
         ]
+    cpu = report.get("daemon_cpu_ms_per_call")
+    if cpu is not None:
+        lines.append(f"daemon CPU per agentcg call: {cpu:.2f} ms (user + system, its own daemon)")
     tp = report.get("throughput")
     if tp:
         lines += ["", f"throughput, {tp['clients']} concurrent clients ({tp['calls']} calls each):"]
@@ -227,16 +230,16 @@ def _agentcg_call(client: Any, argv: Sequence[str] = TOOL, **kwargs: Any) -> Any
 
 
 @contextlib.contextmanager
-def _daemon(sched: bool) -> Iterator[tuple[str, str]]:
-    """(socket path, description): $AGENTCG_SOCKET if set, else a daemon of our own,
-    with its sched_ext scheduler (the default) or with `[sched] enabled = false`."""
+def _daemon(sched: bool) -> Iterator[tuple[str, str, int | None]]:
+    """(socket path, description, pid or None): $AGENTCG_SOCKET if set, else a daemon
+    of our own, with its sched_ext scheduler (the default) or `[sched] enabled = false`."""
     from agentcg.devtools.daemonproc import DaemonProcess
 
     external = os.environ.get("AGENTCG_SOCKET")
     if external:
         if not sched:
             raise ValueError("--no-sched applies to the bench's own daemon, not $AGENTCG_SOCKET")
-        yield external, f"external ($AGENTCG_SOCKET={external})"
+        yield external, f"external ($AGENTCG_SOCKET={external})", None
         return
     # The default 200 requests/s per connection would throttle a fast machine.
     config = "max_requests_per_second = 1000000" + ("" if sched else "\n[sched]\nenabled = false")
@@ -244,9 +247,20 @@ def _daemon(sched: bool) -> Iterator[tuple[str, str]]:
         d = DaemonProcess("bench", Path(work), config)
         try:
             d.start()
-            yield str(d.socket), f"own (started for this run, sched_ext {'on' if sched else 'off'})"
+            assert d.proc is not None
+            desc = f"own (started for this run, sched_ext {'on' if sched else 'off'})"
+            yield str(d.socket), desc, d.proc.pid
         finally:
             d.remove()
+
+
+def _cpu_ms(pid: int | None) -> float | None:
+    """CPU time (user + system) the process has used, in ms; None without a pid."""
+    if pid is None:
+        return None
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    utime, stime = stat[stat.rindex(b")") + 2 :].split()[11:13]
+    return (int(utime) + int(stime)) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------------------- driver
@@ -329,13 +343,14 @@ def toolcall(
     tag = secrets.token_hex(4)
     raw = RawCgroups(mount, tag)
     t_start = time.time()
-    with _daemon(sched) as (sock, daemon_desc):
+    with _daemon(sched) as (sock, daemon_desc, daemon_pid):
         raw.setup()
         try:
             with Client(sock) as client:
                 _wait_settled(client)
                 _check_placement(raw, client, mount)
                 progress(f"{calls} calls x {len(VARIANTS)} variants, interleaved")
+                cpu_before = _cpu_ms(daemon_pid)
                 samples = interleaved(
                     {
                         "none": _run_none,
@@ -345,6 +360,12 @@ def toolcall(
                     calls,
                     warmup,
                 )
+                cpu_after = _cpu_ms(daemon_pid)
+            daemon_cpu = (
+                None
+                if cpu_before is None or cpu_after is None
+                else round((cpu_after - cpu_before) / (calls + warmup), 2)
+            )
             throughput = None
             if clients > 1:
                 progress(f"throughput: {clients} concurrent clients x {calls} calls")
@@ -380,6 +401,7 @@ def toolcall(
         "variants": stats,
         "ratios": ratios(stats),
         "overhead_over_raw_ms": overhead_ms(stats),
+        "daemon_cpu_ms_per_call": daemon_cpu,
         "throughput": throughput,
         "reference": REFERENCE_NOTE,
     }

@@ -113,3 +113,10 @@ def test_format_report_throughput_and_missing_ratio():
     assert "throughput, 4 concurrent clients (100 calls each):" in text
     assert any(line.split()[-1] == "n/a" for line in text.splitlines() if "agentcg/none" in line)
     json.dumps(rep)  # the report stays JSON-able
+
+
+def test_format_report_daemon_cpu_per_call():
+    assert "daemon CPU" not in format_report(report())
+    rep = report()
+    rep["daemon_cpu_ms_per_call"] = 41.25
+    assert "daemon CPU per agentcg call: 41.25 ms" in format_report(rep)
