@@ -32,6 +32,8 @@ PEAK_MEMORY_BUCKETS = tuple(
 )
 ASK_RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
 # From the kernel's report (inotify wake-up, BPF event) to the daemon's action done.
+# A call's run-queue wait under agentcg's scheduler: in total, and its longest single wait.
+SCHED_WAIT_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 OTHER = "other"
@@ -132,12 +134,18 @@ class ToolHistograms:
     duration_seconds: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS_S))
     peak_memory_bytes: Histogram = field(default_factory=lambda: Histogram(PEAK_MEMORY_BUCKETS))
     memory_ask_ratio: Histogram = field(default_factory=lambda: Histogram(ASK_RATIO_BUCKETS))
+    sched_wait_seconds: Histogram = field(default_factory=lambda: Histogram(SCHED_WAIT_BUCKETS_S))
+    sched_max_wait_seconds: Histogram = field(
+        default_factory=lambda: Histogram(SCHED_WAIT_BUCKETS_S)
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "duration_seconds": self.duration_seconds.to_dict(),
             "peak_memory_bytes": self.peak_memory_bytes.to_dict(),
             "memory_ask_ratio": self.memory_ask_ratio.to_dict(),
+            "sched_wait_seconds": self.sched_wait_seconds.to_dict(),
+            "sched_max_wait_seconds": self.sched_max_wait_seconds.to_dict(),
         }
 
 
@@ -249,6 +257,9 @@ class DaemonStats:
         hist.peak_memory_bytes.observe(outcome.peak_memory)
         if outcome.memory_requested:
             hist.memory_ask_ratio.observe(outcome.peak_memory / outcome.memory_requested)
+        if outcome.sched:  # it ran on agentcg's scheduler, which counted its waits
+            hist.sched_wait_seconds.observe(outcome.sched.get("wait_us", 0) / 1e6)
+            hist.sched_max_wait_seconds.observe(outcome.sched.get("max_wait_us", 0) / 1e6)
 
     def throttled(self, session: str, call: str, memory_high_events: int) -> None:
         """The call's memory.events "high" count so far; the increase is counted."""

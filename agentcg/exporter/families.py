@@ -182,10 +182,16 @@ def _tool_families(tools: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
         ("duration_seconds", "Wall-clock duration of ended tool calls, by tool kind"),
         ("peak_memory_bytes", "Peak memory of ended tool calls, by tool kind"),
         ("memory_ask_ratio", "Peak memory over the memory asked for, of calls that asked"),
+        ("sched_wait_seconds", "Run-queue wait of ended calls under agentcg's scheduler, total"),
+        (
+            "sched_max_wait_seconds",
+            "Longest single run-queue wait of ended calls under agentcg's scheduler",
+        ),
     ):
         fam = HistogramMetricFamily(PREFIX + "tool_call_" + key, doc, labels=["tool"])
         for tool, hists in sorted(tools.items()):
-            fam.add_metric([tool], _buckets(hists[key]), hists[key]["sum"])
+            if key in hists:  # an older daemon's snapshot may lack the newer histograms
+                fam.add_metric([tool], _buckets(hists[key]), hists[key]["sum"])
         yield fam
 
 

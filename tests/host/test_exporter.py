@@ -31,7 +31,12 @@ def sample_snapshot() -> dict[str, Any]:
     s.session_opened("task-1")
     s.call_started("task-1")
     s.call_started("task-1")
-    s.call_ended("task-1", outcome("c1", "pytest", 0, 300 * MiB, 256 * MiB, duration_s=2.0))
+    s.call_ended(
+        "task-1",
+        outcome(
+            "c1", "pytest", 0, 300 * MiB, 256 * MiB, duration_s=2.0, sched={"max_wait_us": 700}
+        ),
+    )
     s.call_ended(
         "task-1", outcome("c2", "c0ffee-not-a-kind", None, 64 * MiB, 32 * MiB, killed_reason="oom")
     )
@@ -158,6 +163,9 @@ def test_histograms_are_cumulative_and_bounded_by_tool_kind():
     assert value(text, "agentcg_tool_call_duration_seconds_bucket", tool="pytest", le="2.5") == 1
     assert value(text, "agentcg_tool_call_duration_seconds_bucket", tool="pytest", le="+Inf") == 1
     assert value(text, "agentcg_tool_call_duration_seconds_count", tool="pytest") == 1
+    le = "0.001"
+    assert value(text, "agentcg_tool_call_sched_max_wait_seconds_bucket", tool="pytest", le=le) == 1
+    assert value(text, "agentcg_tool_call_sched_wait_seconds_count", tool="other") == 0
     assert value(text, "agentcg_tool_call_memory_ask_ratio_sum", tool="other") == 2.0
     assert value(text, "agentcg_detection_to_action_seconds_count", action="freeze") == 1
 

@@ -96,6 +96,18 @@ def test_unknown_labels_fold_into_other_and_calls_are_counted():
     assert s.sessions["a"].calls_finished == {"ok": 1, "oom": 1}
 
 
+def test_scheduler_waits_are_observed_for_calls_on_agentcgs_scheduler():
+    s, _ = stats()
+    s.session_opened("a")
+    sched = {"run_us": 900, "wait_us": 3_000, "max_wait_us": 2_000, "dispatches": 4, "preempts": 1}
+    s.call_ended("a", outcome("c1", "pytest", sched=sched))
+    s.call_ended("a", outcome("c2", "pytest"))  # on the fair class: no figures
+    py = s.tools["pytest"]
+    assert sum(py.sched_wait_seconds.counts) == 1 and py.sched_wait_seconds.sum == 0.003
+    assert py.sched_max_wait_seconds.sum == 0.002
+    assert sum(py.duration_seconds.counts) == 2
+
+
 def test_actions_need_a_known_reason():
     s, mono = stats()
     s.session_opened("a")

@@ -61,6 +61,11 @@ def test_tool_calls_run_on_the_scheduler(daemon: RunningDaemon) -> None:
     capped = c.tool_call(cpu=0.5, label="capped")
     assert capped.run([sys.executable, "-c", BUSY_POLICY]).returncode == 0
     assert capped.outcome is not None and capped.outcome["sched"] is None
+    # The metrics count the scheduler's waits of the first call only.
+    tools = c.request("stats")["tools"]
+    waits = [sum(h["sched_max_wait_seconds"]["counts"]) for h in tools.values()]
+    calls = [sum(h["duration_seconds"]["counts"]) for h in tools.values()]
+    assert sum(waits) == 1 and sum(calls) == 2, tools
 
 
 @pytest.mark.parametrize("daemon", [SCHED], indirect=True)
