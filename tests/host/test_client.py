@@ -19,18 +19,6 @@ OUTCOME_KEYS = {f.name for f in dataclasses.fields(Outcome)}
 
 
 @pytest.fixture
-def sock_path(tmp_path: Path) -> Path:
-    return tmp_path / "agentcg.sock"
-
-
-@pytest.fixture
-def daemon(sock_path: Path):
-    d = FakeDaemon(sock_path)
-    yield d
-    d.stop()
-
-
-@pytest.fixture
 def client(daemon: FakeDaemon, sock_path: Path):
     with Client(str(sock_path), timeout=5) as c:
         yield c

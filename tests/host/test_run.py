@@ -19,18 +19,6 @@ ROOT = str(Path(__file__).resolve().parents[2])
 RUN = [sys.executable, "-m", "agentcg", "run"]
 
 
-@pytest.fixture
-def sock_path(tmp_path: Path) -> Path:
-    return tmp_path / "agentcg.sock"
-
-
-@pytest.fixture
-def daemon(sock_path: Path):
-    d = FakeDaemon(sock_path)
-    yield d
-    d.stop()
-
-
 def env(sock_path: Path) -> dict[str, str]:
     return dict(os.environ, AGENTCG_SOCKET=str(sock_path), PYTHONPATH=ROOT)
 
