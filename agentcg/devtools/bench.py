@@ -258,8 +258,9 @@ def _cpu_ms(pid: int | None) -> float | None:
     """CPU time (user + system) the process has used, in ms; None without a pid."""
     if pid is None:
         return None
-    stat = Path(f"/proc/{pid}/stat").read_bytes()
-    utime, stime = stat[stat.rindex(b")") + 2 :].split()[11:13]
+    from agentcg.kernel.process import stat_fields
+
+    utime, stime = stat_fields(pid)[11:13]  # fields 14 and 15
     return (int(utime) + int(stime)) * 1000 / os.sysconf("SC_CLK_TCK")
 
 

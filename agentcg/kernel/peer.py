@@ -26,8 +26,8 @@ from agentcg.kernel.cgroup import (
     cgroup_path_of_pid,
     find_cgroup2_mount,
     parse_proc_cgroup,
-    read_bytes,
 )
+from agentcg.kernel.process import stat_fields
 
 NAMESPACES = ("pid", "mnt", "user", "cgroup")
 
@@ -131,12 +131,6 @@ def _alive(pidfd: int) -> bool:
     return True
 
 
-def _start_ticks(pid: int) -> int:
-    stat = read_bytes(f"/proc/{pid}/stat")
-    # comm may contain spaces and parens: fields after the last ')' are fixed.
-    return int(stat[stat.rindex(b")") + 2 :].split()[19])
-
-
 class PeerHandle:
     """The connecting process, pinned by a pidfd so a recycled pid is never mistaken
     for it. Its cgroup and namespaces are re-read for every request: processes move
@@ -159,7 +153,7 @@ class PeerHandle:
         except OSError as e:
             raise PeerGone(f"pid {self.pid} exited before it could be identified") from e
         try:
-            newer = _start_ticks(self.pid) > accepted * _TICKS
+            newer = int(stat_fields(self.pid)[19]) > accepted * _TICKS
         except (OSError, ValueError, IndexError):
             newer = True
         if newer or not _alive(self.pidfd):
@@ -235,11 +229,9 @@ def move_pinned(target: Cgroup, peer: Peer) -> None:
 
 def parent_pid(pid: int) -> int | None:
     try:
-        stat = read_bytes(f"/proc/{pid}/stat")
+        return int(stat_fields(pid)[1])
     except OSError:
         return None
-    # comm may contain spaces and parens: fields after the last ')' are fixed.
-    return int(stat[stat.rindex(b")") + 2 :].split()[1])
 
 
 def is_descendant(pid: int, ancestor: int, max_depth: int = 64) -> bool:

@@ -4,15 +4,21 @@ times with them never repeat."""
 
 from __future__ import annotations
 
+from agentcg.kernel.cgroup import read_bytes
+
+
+def stat_fields(pid: int) -> list[bytes]:
+    """/proc/<pid>/stat from its third field (state) on; OSError if there is no such pid.
+    comm may contain spaces and parens: the fields after the last ')' are fixed."""
+    stat = read_bytes(f"/proc/{pid}/stat")
+    return stat[stat.rindex(b")") + 2 :].split()
+
 
 def start_ticks(pid: int) -> int | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        return int(stat_fields(pid)[19])
     except OSError:
         return None
-    # comm may contain spaces and parens: the fields after the last ')' are fixed.
-    return int(stat[stat.rindex(b")") + 2 :].split()[19])
 
 
 def alive(pid: int, started: int | None) -> bool:
