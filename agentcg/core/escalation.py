@@ -81,7 +81,12 @@ class CallSnapshot:
     @property
     def throttled(self) -> bool:
         """Held below its own memory.high by the daemon (a tripwire)."""
-        return self.high is not None and (self.own_high is None or self.high < self.own_high)
+        return held_below(self.high, self.own_high)
+
+
+def held_below(high: int | None, own: int | None) -> bool:
+    """memory.high in force (None: "max") is below the call's own."""
+    return high is not None and (own is None or high < own)
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,7 @@ def at_rest(calls: Iterable[tuple[int, bool, int | None, int | None]], t: Tuning
         return False
     ranks = set()
     for rank, frozen, high, own in calls:
-        if frozen or (high is not None and (own is None or high < own)):
+        if frozen or held_below(high, own):
             return False
         ranks.add(rank)
     return len(ranks) <= 1

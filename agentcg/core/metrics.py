@@ -31,9 +31,9 @@ PEAK_MEMORY_BUCKETS = tuple(
     for n in (16 * MiB, 64 * MiB, 128 * MiB, 256 * MiB, 512 * MiB, GiB, 2 * GiB, 4 * GiB, 8 * GiB)
 )
 ASK_RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
-# From the kernel's report (inotify wake-up, BPF event) to the daemon's action done.
 # A call's run-queue wait under agentcg's scheduler: in total, and its longest single wait.
 SCHED_WAIT_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
+# From the kernel's report (inotify wake-up, BPF event) to the daemon's action done.
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 OTHER = "other"
