@@ -191,6 +191,14 @@ static u64 task_settings(struct task_ctx *tc, u32 *klass)
 	return slice;
 }
 
+/* The task's vtime, raised to `floor` if it is further behind. */
+static u64 floor_vtime(struct task_struct *p, u64 floor)
+{
+	if (vtime_before(p->scx.dsq_vtime, floor))
+		p->scx.dsq_vtime = floor;
+	return p->scx.dsq_vtime;
+}
+
 /* The vtime the task may start from: its own, but no further behind the clock
  * than its class's wake-up credit, so sleeping banks only a bounded advantage. */
 static u64 start_vtime(struct task_struct *p, u32 klass)
@@ -198,11 +206,8 @@ static u64 start_vtime(struct task_struct *p, u32 klass)
 	u64 credit = klass == AGENTCG_CLASS_LATENCY ? knobs.latency_credit_ns :
 		     klass == AGENTCG_CLASS_BATCH   ? 0 :
 						      knobs.wake_credit_ns;
-	u64 floor = vtime_now - credit;
 
-	if (vtime_before(p->scx.dsq_vtime, floor))
-		p->scx.dsq_vtime = floor;
-	return p->scx.dsq_vtime;
+	return floor_vtime(p, vtime_now - credit);
 }
 
 /* The vtime a task owes for running `used` ns: scaled by 100 / (its cgroup's
@@ -265,10 +270,7 @@ static s32 latency_wakeup(struct task_struct *p, u64 *vtime)
 		}
 	}
 	bpf_iter_num_destroy(&it);
-	base -= knobs.latency_credit_ns;
-	if (vtime_before(p->scx.dsq_vtime, base))
-		p->scx.dsq_vtime = base;
-	*vtime = p->scx.dsq_vtime;
+	*vtime = floor_vtime(p, base - knobs.latency_credit_ns);
 	if (at_here && vtime_before(*vtime, here_cur))
 		return here;
 	if (target >= 0 && vtime_before(*vtime, worst))
