@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from agentcg.client import wire
 from agentcg.core.errors import AgentcgError
@@ -28,6 +28,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
     from typing import Any
+
+    from agentcg.client.sdk import Gate
 else:
     # The C module behind `signal`, without the enums signal.py builds at import (~1 ms).
     import _signal as signal
@@ -59,15 +61,16 @@ def _status(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode
 
 
-def _spawn(command: Sequence[str], attach: Callable[[], None], mask: Iterable[int]) -> int:
-    """Fork; in the child attach, restore the signals, exec `command`. The child's pid;
-    the exec's OSError is raised here, in the parent (as subprocess.Popen does)."""
+def _spawn(command: Sequence[str], gate: Gate, mask: Iterable[int]) -> int:
+    """Fork; the child waits at the gate until the daemon has placed it (or exits 126),
+    restores the signals and execs `command`. The child's pid; the exec's OSError is
+    raised here, in the parent (as subprocess.Popen does)."""
     failed, exec_failed = os.pipe()  # closed on exec: EOF here means the tool runs
     pid = os.fork()
     if pid == 0:
         try:
             os.close(failed)
-            attach()  # exits 126 if the daemon would not place it
+            gate()  # exits 126 if the daemon would not place it
             for sig in RESTORED:
                 signal.signal(sig, signal.SIG_DFL)
             if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -81,6 +84,7 @@ def _spawn(command: Sequence[str], attach: Callable[[], None], mask: Iterable[in
             os._exit(127)  # never back into the parent's code
     os.close(exec_failed)
     try:
+        gate.release(pid)
         code = os.read(failed, 32)
     finally:
         os.close(failed)
@@ -133,14 +137,14 @@ def run_tool(
             call.begin()
         finally:
             signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-        attach = call.preexec()
+        gate = call.gate()
         try:
-            pid = _spawn(command, attach, mask)
+            pid = _spawn(command, gate, mask)
         except OSError as e:
             call.end(127 if e.errno == errno.ENOENT else 126)
             return _cannot_run(command, e)
         finally:
-            attach.close()
+            gate.close()
         status = _wait(pid, waited)
         try:
             outcome = call.end(status)

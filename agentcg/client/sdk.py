@@ -6,10 +6,10 @@
         print(call.outcome["peak_memory"], call.outcome["advice"])
 
 The tool process is placed into its cgroup by the daemon before it execs: the
-forked child connects on its own, sends call.attach, and the daemon moves the
-pid the kernel reports for that connection (SO_PEERCRED). The agent never
-needs write access to cgroupfs. The attach socket is created in the parent;
-the child only connects it, so popen()/run() take no preexec_fn of their own.
+forked child waits at a gate (two pipes) while the parent sends call.attach with
+the child's pid on its own connection; the daemon checks with the kernel that the
+pid is the asker's child and moves it. The agent never needs write access to
+cgroupfs, and popen()/run() take no preexec_fn of their own.
 
 If the daemon restarts, the client reconnects and re-claims its running calls;
 a call that finished while the daemon was down ends with a minimal outcome
@@ -18,13 +18,12 @@ marked ``"recovered": True`` (exit status known, statistics lost).
 
 from __future__ import annotations
 
-import _socket
 import os
+import threading
 import time
 from collections.abc import Sequence
 
-from agentcg.client import wire
-from agentcg.client.connection import PROTOCOL_VERSION, RECONNECT_WINDOW_S, Connection
+from agentcg.client.connection import RECONNECT_WINDOW_S, Connection
 from agentcg.client.connection import socket_path as socket_path
 from agentcg.core.errors import AgentcgError
 
@@ -34,6 +33,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
     from typing import Any
+
+_MAX_VERDICT = 4096  # one pipe write of at most PIPE_BUF arrives whole
 
 
 class Client(Connection):
@@ -97,36 +98,13 @@ class ToolCall:
         self.client._calls[self.id] = self
         return self
 
-    def _attach_frame(self) -> bytes:
-        return (
-            wire.dumps(
-                {
-                    "v": PROTOCOL_VERSION,
-                    "id": 1,
-                    "op": "call.attach",
-                    "args": {"call": self.id, "token": self.token},
-                }
-            ).encode()
-            + b"\n"
-        )
-
-    def preexec(self) -> _Attach:
-        """A preexec_fn that attaches the forked child before it execs the tool (for
-        Popen, or called in the child of a plain fork as `agentcg run` does).
-
-        The socket, the frame, the reply buffer and the failure message are all made
-        here, in the parent: between fork and exec (in a process that may have other
-        threads) the child only connects, sends and reads. On failure the child exits
-        126 with a one-line reason on stderr. Close the returned object in the parent
-        once the child is forked (Popen has returned).
-        """
-        return _Attach(
-            self.client.path,
-            self._attach_frame(),
-            f"agentcg: could not place the tool in its cgroup (call.attach {self.id} "
-            f"via {self.client.path}); not running it\n".encode(errors="replace"),
-            self.client.timeout,
-        )
+    def gate(self) -> Gate:
+        """Hold a forked child before it execs the tool until the daemon has moved it
+        into this call: pass the returned Gate as the child's preexec_fn (or call it in
+        the child of a plain fork, as `agentcg run` does), and have the parent release
+        it (`Gate.release(pid)`, or `Gate.serve()` for Popen, which returns only after
+        the exec). Close it in the parent once the child has exec'd or failed."""
+        return Gate(self)
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         if "preexec_fn" in kwargs:
@@ -139,11 +117,16 @@ class ToolCall:
 
         if not self.id:
             self.begin()
-        attach = self.preexec()
+        gate = self.gate()
         try:
-            return subprocess.Popen(argv, preexec_fn=attach, **kwargs)
+            helper = gate.serve()
+            try:
+                return subprocess.Popen(argv, preexec_fn=gate, **kwargs)
+            finally:
+                gate.close_child_end()  # a child that never reached the gate: EOF for helper
+                helper.join()
         finally:
-            attach.close()  # the child has its own copy of the socket (or none was forked)
+            gate.close()
 
     def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         """Run a command inside this call's cgroup, wait, and end the call."""
@@ -191,45 +174,79 @@ class ToolCall:
             self.end()
 
 
-class _Attach:
-    """preexec_fn for one child: connect the pre-made socket, send call.attach, check."""
+class Gate:
+    """A forked child's wait between fork and exec while its parent has the daemon move
+    it: the child writes its pid to one pipe and waits on another for b"1" (exec) or
+    b"0" and the daemon's reason (it prints both and exits 126, running nothing). The
+    parent sends call.attach with that pid on its own connection; the daemon checks
+    with the kernel that the pid is the sender's child and applies every check of a
+    process attaching itself. Both pipes are made in the parent; between fork and exec
+    the child only writes and reads them."""
 
-    def __init__(self, path: str, frame: bytes, failure: bytes, timeout: float) -> None:
-        # Created in the parent. The child's connect() is what SO_PEERCRED records,
-        # so the daemon sees the child's pid. Non-inheritable: gone at exec.
-        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)  # a hung daemon fails the child instead of hanging it
-        self.path = path
-        self.frame = frame
-        self.failure = failure
-        self.reply = bytearray(4096)
-        self.view = memoryview(self.reply)
+    def __init__(self, call: ToolCall) -> None:
+        self.call = call
+        self.failure = (
+            f"agentcg: could not place the tool in its cgroup (call.attach {call.id} "
+            f"via {call.client.path}); not running it\n"
+        ).encode(errors="replace")
+        self._pid_r, self._pid_w = os.pipe()
+        self._go_r, self._go_w = os.pipe()
 
     def __call__(self) -> None:
-        n = 0
+        """In the child: announce itself, wait for the verdict, exit 126 unless placed."""
+        verdict = b""
         try:
-            self.sock.connect(self.path)
-            self.sock.sendall(self.frame)
-            while n < len(self.reply):
-                got = self.sock.recv_into(self.view[n:])
-                if not got:
-                    break
-                n += got
-                if self.reply.find(b"\n", 0, n) >= 0:
-                    break
+            os.write(self._pid_w, os.getpid().to_bytes(4, "little"))
+            verdict = os.read(self._go_r, _MAX_VERDICT)
         except BaseException:  # anything: the child must exit 126, not run unattached
             pass
-        if self.reply.find(b'"ok":true', 0, n) >= 0:
+        if verdict == b"1":
             return
         try:
-            os.write(2, self.failure)
-            if n:
-                os.write(2, self.view[:n])  # the daemon's error line, e.g. unauthorized
+            os.write(2, self.failure + verdict[1:])
         finally:
             os._exit(126)
 
+    def release(self, pid: int) -> None:
+        """In the parent: have the daemon move child `pid`, then let the child go on."""
+        verdict = b"0"
+        try:
+            self.call.client.request(
+                "call.attach", call=self.call.id, token=self.call.token, pid=pid
+            )
+            verdict = b"1"
+        except Exception as e:  # the child says why and exits 126
+            verdict = b"0" + f"{e}\n".encode(errors="replace")[: _MAX_VERDICT - 1]
+        finally:
+            os.write(self._go_w, verdict)
+
+    def serve(self) -> threading.Thread:
+        """Release the child from a helper thread, for Popen (which returns only once the
+        child has exec'd); join it after Popen returns and close_child_end()."""
+        helper = threading.Thread(target=self._serve, name="agentcg-attach", daemon=True)
+        helper.start()
+        return helper
+
+    def _serve(self) -> None:
+        got = b""
+        while len(got) < 4:
+            chunk = os.read(self._pid_r, 4 - len(got))
+            if not chunk:
+                return  # the child failed before it reached the gate
+            got += chunk
+        self.release(int.from_bytes(got, "little"))
+
+    def close_child_end(self) -> None:
+        """The parent's copy of the child's end: once closed, a child that exits or
+        execs without announcing itself shows as EOF."""
+        if self._pid_w >= 0:
+            os.close(self._pid_w)
+            self._pid_w = -1
+
     def close(self) -> None:
-        self.sock.close()
+        self.close_child_end()
+        for fd in (self._pid_r, self._go_r, self._go_w):
+            os.close(fd)
 
 
 def recovered_outcome(call: ToolCall, exit_status: int | None) -> dict[str, Any]:

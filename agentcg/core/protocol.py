@@ -71,6 +71,7 @@ TOKEN_RE = re.compile(r"[0-9a-f]{32}", re.ASCII)
 # Exit status as reported by the client: >= 0 is the exit code, < 0 is -signal number.
 MIN_EXIT_STATUS = -64  # SIGRTMAX on Linux
 MAX_EXIT_STATUS = 255
+MAX_PID = 4_194_304  # the kernel's PID_MAX_LIMIT on 64-bit
 
 
 # --- argument checkers: (dotted name, raw value) -> validated value ---------------------
@@ -165,7 +166,7 @@ OPS: Mapping[str, OpSpec] = {
         intent=_req(_object),
         wait_s=_opt(lambda what, v: check_number(what, v, 0.0, MAX_WAIT_S, lo_open=False)),
     ),
-    "call.attach": _spec(call=_req(_call_id), token=_req(_token)),
+    "call.attach": _spec(call=_req(_call_id), token=_req(_token), pid=_opt(_int(1, MAX_PID))),
     "call.end": _spec(
         call=_req(_call_id),
         token=_req(_token),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import secrets
 import time
 from typing import Any
@@ -23,7 +24,7 @@ from agentcg.daemon.sessions import Sessions
 from agentcg.daemon.views import call_view
 from agentcg.kernel.cgroup import CgroupError
 from agentcg.kernel.oomadj import set_oom_score_adj
-from agentcg.kernel.peer import Peer, PeerGone, is_descendant, move_pinned
+from agentcg.kernel.peer import Peer, PeerGone, is_descendant, move_pinned, pin_child
 
 log = logging.getLogger("agentcg.daemon")
 
@@ -125,8 +126,22 @@ class Calls:
         }
 
     async def attach(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
-        """The tool process, before exec, asks to be placed into its call's cgroup."""
-        peer = conn.peer
+        """The tool process, before exec, is placed into its call's cgroup: the peer
+        itself, or (`pid`) the peer's child waiting on it, checked as if it had asked."""
+        pid = args.get("pid")
+        if pid is None:
+            return self._attach(conn.peer, args)
+        self.owned(conn.peer, args["call"], args["token"])
+        try:
+            child = pin_child(conn.peer, pid)
+        except PeerGone as e:
+            raise AgentcgError("unauthorized", f"{e}; nothing was moved") from None
+        try:
+            return self._attach(child, args)
+        finally:
+            os.close(child.pidfd)
+
+    def _attach(self, peer: Peer, args: dict[str, Any]) -> dict[str, Any]:
         call = self.owned(peer, args["call"], args["token"])
         if not is_descendant(peer.pid, call.owner_pid):
             raise AgentcgError(

@@ -199,12 +199,85 @@ class PeerHandle:
         os.close(self.pidfd)
 
 
-def _read_cgroup(proc_fd: int) -> str | None:
-    fd = os.open("cgroup", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+def pin_child(parent: Peer, pid: int) -> Peer:
+    """`pid`, a child of the connected `parent` waiting before its exec, as a Peer of its
+    own: pinned by a pidfd, its cgroup, namespaces and ids read from /proc like a
+    connected peer's, so every check that applies to a process attaching itself applies
+    to it unchanged. The parent names it; the kernel says whose child it is. A child in
+    the middle of switching users (real, effective, saved and filesystem ids not all
+    equal) is refused. Close the returned peer's pidfd when done."""
     try:
-        return parse_proc_cgroup(os.read(fd, 65536).decode(errors="replace"))
+        pidfd = os.pidfd_open(pid)
+    except OSError as e:
+        raise PeerGone(f"pid {pid} does not exist") from e
+    try:
+        return _child_of(parent, pid, pidfd)
+    except BaseException:
+        os.close(pidfd)
+        raise
+
+
+def _child_of(parent: Peer, pid: int, pidfd: int) -> Peer:
+    gone = PeerGone(f"pid {pid} exited before it could be identified")
+    try:
+        proc = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise gone from e
+    try:
+        # Read through the dir fd, then proven by the pidfd to be the pinned process.
+        stat = _read_at(proc, "stat")
+        ids = _status_ids(_read_at(proc, "status"))
+        cg = _read_cgroup(proc)
+        ns = _namespaces(proc)
+    except (OSError, ValueError, KeyError) as e:
+        raise gone from e
+    finally:
+        os.close(proc)
+    if not _alive(pidfd) or cg is None:
+        raise gone
+    ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+    if ppid != parent.pid:
+        raise AgentcgError(
+            "unauthorized",
+            f"pid {pid} is not a child of pid {parent.pid} (the process asking); "
+            "only a process's own waiting children can be attached by pid",
+        )
+    uids, gids = ids
+    if len(set(uids)) != 1 or len(set(gids)) != 1:
+        raise AgentcgError(
+            "unauthorized", f"pid {pid} is switching user or group ids; it cannot be attached"
+        )
+    return Peer(
+        pid,
+        uids[0],
+        gids[0],
+        cg,
+        container_of(cg, _cgroup2_mount()),
+        confined=ns != own_namespaces(),
+        pidfd=pidfd,
+    )
+
+
+def _read_at(proc_fd: int, name: str) -> bytes:
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    try:
+        return os.read(fd, 65536)
     finally:
         os.close(fd)
+
+
+def _status_ids(status: bytes) -> tuple[list[int], list[int]]:
+    """(real, effective, saved, filesystem) uids and gids from /proc/<pid>/status."""
+    found: dict[bytes, list[int]] = {}
+    for line in status.splitlines():
+        key, _, rest = line.partition(b":")
+        if key in (b"Uid", b"Gid"):
+            found[key] = [int(x) for x in rest.split()]
+    return found[b"Uid"], found[b"Gid"]
+
+
+def _read_cgroup(proc_fd: int) -> str | None:
+    return parse_proc_cgroup(_read_at(proc_fd, "cgroup").decode(errors="replace"))
 
 
 def move_pinned(target: Cgroup, peer: Peer) -> None:

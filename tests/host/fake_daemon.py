@@ -124,7 +124,11 @@ class FakeDaemon:
             return ok(rid, out.to_dict())
         if op == "call.attach":
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            self.attach_pids.append(struct.unpack("3i", creds)[0])
+            peer = struct.unpack("3i", creds)[0]
+            pid = args.get("pid", peer)
+            if pid != peer and _parent_of(pid) != peer:
+                return err(rid, AgentcgError("unauthorized", f"pid {pid} is not your child"))
+            self.attach_pids.append(pid)
             if not self.attach_ok:
                 return err(rid, AgentcgError("unauthorized", "pid is not a descendant"))
             return ok(rid, {"call": args["call"], "cgroup": "/fake"})
@@ -145,3 +149,12 @@ class FakeDaemon:
             with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
             c.close()
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2 :].split()[1])

@@ -111,16 +111,26 @@ def test_end_not_found_without_a_restart_stays_an_error(daemon: FakeDaemon, clie
     assert ei.value.code == "not_found" and call.outcome is None
 
 
-def test_popen_attaches_the_child_on_its_own_connection(daemon: FakeDaemon, client: Client):
+def test_popen_has_its_waiting_child_attached_by_pid(daemon: FakeDaemon, client: Client):
     with client.tool_call(label="true") as call:
         proc = call.popen(["/bin/true"])
         assert proc.wait(5) == 0
         call.end(proc.returncode)
     assert daemon.attach_pids == [proc.pid]
     [(conn_no, attach)] = [(n, m) for n, m in daemon.received if m["op"] == "call.attach"]
-    client_conns = {n for n, m in daemon.received if m["op"] != "call.attach"}
-    assert client_conns == {1} and conn_no != 1
-    assert attach["v"] == 1 and attach["args"] == {"call": call.id, "token": call.token}
+    assert {n for n, _ in daemon.received} == {1} and conn_no == 1  # no second connection
+    assert attach["args"] == {"call": call.id, "token": call.token, "pid": proc.pid}
+
+
+def test_popen_child_that_fails_before_the_gate_leaves_no_waiter(
+    daemon: FakeDaemon, client: Client, tmp_path
+):
+    # chdir fails in the child before preexec_fn: nothing is attached, Popen raises,
+    # and the helper thread sees EOF instead of waiting for a pid forever.
+    with client.tool_call() as call, pytest.raises(FileNotFoundError):
+        call.popen(["/bin/true"], cwd=tmp_path / "missing")
+    assert daemon.attach_pids == []
+    assert not [t for t in threading.enumerate() if t.name == "agentcg-attach"]
 
 
 def test_refused_attach_exits_126_with_reason(daemon: FakeDaemon, client: Client):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agentcg.cli.entry import UsageError, parse_run, run_main
-from agentcg.client import sdk
+from agentcg.client import connection
 from agentcg.core import protocol
 
 
@@ -68,7 +68,7 @@ def test_usage_error_and_help_exit_codes(capsys):
 
 
 def test_sdk_speaks_the_daemons_protocol_version():
-    assert sdk.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
+    assert connection.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
 
 
 def test_run_path_imports_only_what_it_needs(tmp_path: Path):

@@ -270,6 +270,11 @@ def test_missing_required_args(op, args):
         ("call.attach", {"call": "C0123456789AB", "token": TOKEN}),
         ("call.attach", {"call": CALL, "token": TOKEN.upper()}),
         ("call.attach", {"call": CALL, "token": TOKEN + "0"}),
+        ("call.attach", {"call": CALL, "token": TOKEN, "pid": 0}),
+        ("call.attach", {"call": CALL, "token": TOKEN, "pid": -1}),
+        ("call.attach", {"call": CALL, "token": TOKEN, "pid": "12"}),
+        ("call.attach", {"call": CALL, "token": TOKEN, "pid": True}),
+        ("call.attach", {"call": CALL, "token": TOKEN, "pid": 2**22 + 1}),
         ("call.end", {"call": CALL, "token": TOKEN, "exit_status": 256}),
         ("call.end", {"call": CALL, "token": TOKEN, "exit_status": -65}),
         ("call.end", {"call": CALL, "token": TOKEN, "exit_status": True}),
@@ -286,7 +291,7 @@ def test_invalid_values(op, args):
     [
         ("hello", {"version": 1, "session": "s"}),
         ("session.open", {"memroy": "1G"}),
-        ("call.attach", {"call": CALL, "token": TOKEN, "pid": 1}),
+        ("call.attach", {"call": CALL, "token": TOKEN, "cgroup": "/"}),
         ("list", {"all": True}),
     ],
 )

@@ -704,6 +704,87 @@ def test_attach_needs_token_and_descent(daemon: RunningDaemon) -> None:
     assert_serves(daemon)
 
 
+def _held_child(
+    become: tuple[int, int, int] | None = None, grandchild: bool = False
+) -> tuple[int, int]:
+    """Fork a process that waits before its exec (as the SDK's gated tool does); with
+    `become`, it first sets its (real, effective, saved) uids; with `grandchild`, the
+    waiting process is the child's child. (its pid, the fd that releases it)."""
+    held, release = os.pipe()
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(release)  # else its own copy would keep it from ever seeing EOF
+            os.close(report_r)
+            if grandchild and os.fork():
+                os._exit(0)  # the grandchild is reparented, never our child
+            if become:
+                os.setresuid(*become)
+            os.write(report_w, str(os.getpid()).encode())
+            if os.read(held, 1) == b"x":  # released; EOF means give up
+                os.execvp("sleep", ["sleep", "600"])
+        finally:
+            os._exit(126)
+    os.close(held)
+    os.close(report_w)
+    waiting = int(os.read(report_r, 32))
+    os.close(report_r)
+    if grandchild:
+        os.waitpid(pid, 0)
+    return waiting, release
+
+
+def test_attach_by_pid_takes_only_the_askers_own_waiting_child(daemon: RunningDaemon) -> None:
+    # call.attach {pid}: the asker names the pid, the kernel says whose child it is; the
+    # child then passes every check it would face attaching itself.
+    nobody = 65534
+    with Raw(daemon) as r:
+        r.ok("hello", version=1)
+        began = r.ok("call.begin", intent={"label": "by-pid"})
+        ids = {"call": began["call"], "token": began["token"]}
+        cases = {
+            "own child": _held_child(),
+            "grandchild": _held_child(grandchild=True),
+            "switching uid": _held_child(become=(0, nobody, 0)),
+            "other uid": _held_child(become=(nobody, nobody, nobody)),
+        }
+        gone_pid, gone_release = _held_child()
+        os.close(gone_release)  # it exits 126 at once
+        os.waitpid(gone_pid, 0)
+        codes = {name: r.request("call.attach", **ids, pid=pid) for name, (pid, _) in cases.items()}
+        codes["wrong token"] = r.request(
+            "call.attach", call=began["call"], token="f" * 32, pid=cases["own child"][0]
+        )
+        codes["init"] = r.request("call.attach", **ids, pid=1)
+        codes["gone"] = r.request("call.attach", **ids, pid=gone_pid)
+        try:
+            assert codes.pop("own child")["ok"] is True
+            for name, reply in codes.items():
+                assert not reply["ok"] and reply["error"]["code"] == "unauthorized", (name, reply)
+            assert "not a child of" in codes["grandchild"]["error"]["message"]
+            assert "switching" in codes["switching uid"]["error"]["message"]
+            procs = Path(began["cgroup"], "cgroup.procs").read_text().split()
+            assert procs == [str(cases["own child"][0])]  # only the asker's own child moved
+            os.write(cases["own child"][1], b"x")  # released: it execs inside the call
+            wait_until(
+                lambda: b"sleep" in Path(f"/proc/{cases['own child'][0]}/cmdline").read_bytes(),
+                what="the tool to exec",
+            )
+            assert began["call"] in Path(f"/proc/{cases['own child'][0]}/cgroup").read_text()
+            out = r.ok("call.end", **ids, exit_status=0)
+            assert out["killed_reason"] is None
+        finally:
+            for name, (pid, release) in cases.items():
+                os.close(release)  # a child still held exits 126
+                if name != "grandchild":  # not ours to kill or reap
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)  # the one released sleeps
+                    os.waitpid(pid, 0)
+    assert daemon.tool_cgroups() == []
+    assert_serves(daemon)
+
+
 # --------------------------------------------------------------------------- path injection
 
 BAD_NAMES = [
