@@ -84,7 +84,6 @@ def _spawn(command: Sequence[str], gate: Gate, mask: Iterable[int]) -> int:
             os._exit(127)  # never back into the parent's code
     os.close(exec_failed)
     try:
-        gate.release(pid)
         code = os.read(failed, 32)
     finally:
         os.close(failed)
@@ -137,14 +136,12 @@ def run_tool(
             call.begin()
         finally:
             signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-        gate = call.gate()
         try:
-            pid = _spawn(command, gate, mask)
+            with call.gate() as gate:
+                pid = _spawn(command, gate, mask)
         except OSError as e:
             call.end(127 if e.errno == errno.ENOENT else 126)
             return _cannot_run(command, e)
-        finally:
-            gate.close()
         status = _wait(pid, waited)
         try:
             outcome = call.end(status)

@@ -24,9 +24,14 @@ from agentcg.core.errors import AgentcgError
 # Annotations only (never evaluated): importing typing would slow `agentcg run`.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Protocol
 
     from agentcg.client.sdk import ToolCall
+
+    class Waiter(Protocol):
+        """Where the reader puts a request's answer (None: it will never come)."""
+
+        def put(self, msg: dict[str, Any] | None) -> None: ...
 
 
 # The wire version this SDK speaks (the daemon negotiates it in hello). Not imported
@@ -73,7 +78,7 @@ class Connection:
         self.on_event = on_event
         self._ids = itertools.count(1)
         # request id -> (answer queue, generation of the connection it was sent on)
-        self._waiting: dict[int, tuple[SimpleQueue[dict[str, Any] | None], int]] = {}
+        self._waiting: dict[int, tuple[Waiter, int]] = {}
         self._lock = threading.Lock()  # _waiting, _sock, _gen, reconnect hand-over
         self._send_lock = threading.Lock()  # one frame at a time on the socket
         self._calls: dict[str, ToolCall] = {}
@@ -144,14 +149,21 @@ class Connection:
             reconnect = gen == self._gen and self._connected.is_set() and not self._closed
             if reconnect:
                 self._connected.clear()
+        # Wake requests whose answer will never come: first those already waiting (a
+        # forked child sending on this socket holds the send lock until it is told),
+        # then, once the socket is closed, any that registered meanwhile.
+        self._wake(gen)
         with self._send_lock:  # never close under a concurrent sendall
             sock.close()
+        self._wake(gen)
+        if reconnect:
+            self._reconnect()
+
+    def _wake(self, gen: int) -> None:
         with self._lock:
             waiting = [q for q, g in self._waiting.values() if g == gen]
         for q in waiting:
-            q.put(None)  # wake requests whose answer will never come
-        if reconnect:
-            self._reconnect()
+            q.put(None)
 
     def _dispatch(self, msg: dict[str, Any], sock: _socket.socket, gen: int) -> None:
         if "event" in msg:
@@ -268,6 +280,33 @@ class Connection:
         if not msg.get("ok"):
             raise AgentcgError.from_dict(msg.get("error"))
         return msg["result"]
+
+    def _lend(self, rid: int, waiter: Waiter) -> int:
+        """The socket's fd, for a forked child to send request `rid` on between fork and
+        exec; its answer goes to `waiter`. The send lock is held until _unlend(), so
+        the child's frame never interleaves with another thread's."""
+        while True:
+            if not self._connected.wait(RECONNECT_WINDOW_S):
+                raise AgentcgError(
+                    "unavailable",
+                    f"the agentcg daemon at {self.path} did not come back; "
+                    "check `systemctl status agentcg`",
+                )
+            self._send_lock.acquire()
+            with self._lock:
+                # A reader tearing this connection down clears _connected before it wakes
+                # the waiters: registered now, the waiter is woken; else wait and retry.
+                if self._connected.is_set() and not self._closed:
+                    self._waiting[rid] = (waiter, self._gen)
+                    return self._sock.fileno()
+            self._send_lock.release()
+            if self._closed:
+                raise AgentcgError("unavailable", "the client is closed")
+
+    def _unlend(self, rid: int) -> None:
+        with self._lock:
+            self._waiting.pop(rid, None)
+        self._send_lock.release()
 
     def close(self) -> None:
         with self._lock:

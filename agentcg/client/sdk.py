@@ -6,9 +6,9 @@
         print(call.outcome["peak_memory"], call.outcome["advice"])
 
 The tool process is placed into its cgroup by the daemon before it execs: the
-forked child waits at a gate (two pipes) while the parent sends call.attach with
-the child's pid on its own connection; the daemon checks with the kernel that the
-pid is the asker's child and moves it. The agent never needs write access to
+forked child sends call.attach with its own pid on its parent's connection and
+waits at a gate (see Gate); the daemon checks with the kernel that the pid is the
+connected process's child and moves it. The agent never needs write access to
 cgroupfs, and popen()/run() take no preexec_fn of their own.
 
 If the daemon restarts, the client reconnects and re-claims its running calls;
@@ -19,11 +19,12 @@ marked ``"recovered": True`` (exit status known, statistics lost).
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Sequence
+from select import select as _select
 
-from agentcg.client.connection import RECONNECT_WINDOW_S, Connection
+from agentcg.client import wire
+from agentcg.client.connection import PROTOCOL_VERSION, RECONNECT_WINDOW_S, Connection
 from agentcg.client.connection import socket_path as socket_path
 from agentcg.core.errors import AgentcgError
 
@@ -100,10 +101,9 @@ class ToolCall:
 
     def gate(self) -> Gate:
         """Hold a forked child before it execs the tool until the daemon has moved it
-        into this call: pass the returned Gate as the child's preexec_fn (or call it in
-        the child of a plain fork, as `agentcg run` does), and have the parent release
-        it (`Gate.release(pid)`, or `Gate.serve()` for Popen, which returns only after
-        the exec). Close it in the parent once the child has exec'd or failed."""
+        into this call. In the parent: `with call.gate() as gate:` around the fork;
+        pass `gate` as the child's preexec_fn (or call it in the child of a plain fork,
+        as `agentcg run` does). The child exits 126 if the daemon would not place it."""
         return Gate(self)
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
@@ -117,16 +117,8 @@ class ToolCall:
 
         if not self.id:
             self.begin()
-        gate = self.gate()
-        try:
-            helper = gate.serve()
-            try:
-                return subprocess.Popen(argv, preexec_fn=gate, **kwargs)
-            finally:
-                gate.close_child_end()  # a child that never reached the gate: EOF for helper
-                helper.join()
-        finally:
-            gate.close()
+        with self.gate() as gate:
+            return subprocess.Popen(argv, preexec_fn=gate, **kwargs)
 
     def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         """Run a command inside this call's cgroup, wait, and end the call."""
@@ -175,29 +167,76 @@ class ToolCall:
 
 
 class Gate:
-    """A forked child's wait between fork and exec while its parent has the daemon move
-    it: the child writes its pid to one pipe and waits on another for b"1" (exec) or
-    b"0" and the daemon's reason (it prints both and exits 126, running nothing). The
-    parent sends call.attach with that pid on its own connection; the daemon checks
-    with the kernel that the pid is the sender's child and applies every check of a
-    process attaching itself. Both pipes are made in the parent; between fork and exec
-    the child only writes and reads them."""
+    """A forked child's wait between fork and exec while the daemon moves it.
+
+    The child sends `call.attach {pid: <its own pid>}` itself, on its parent's
+    connection (one frame, made in the parent but for the pid), and waits on a pipe.
+    The daemon sees the parent as the sender (SO_PEERCRED) and checks with the kernel
+    that the pid is the parent's child. The parent's reader thread gets the answer and
+    writes b"1" (exec) or b"0" and the reason (the child prints it and exits 126,
+    running nothing) into the pipe. From entering the gate until leaving it the parent
+    holds the connection's send lock: the child's frame is the only one on the socket.
+    Between fork and exec the child only writes, waits (select, up to the client's
+    timeout) and reads. The socket is close-on-exec: the tool never holds it.
+    """
 
     def __init__(self, call: ToolCall) -> None:
-        self.call = call
+        client = call.client
+        self.client = client
         self.failure = (
             f"agentcg: could not place the tool in its cgroup (call.attach {call.id} "
-            f"via {call.client.path}); not running it\n"
+            f"via {client.path}); not running it\n"
         ).encode(errors="replace")
-        self._pid_r, self._pid_w = os.pipe()
+        self._rid = next(client._ids)
+        head = {"v": PROTOCOL_VERSION, "id": self._rid, "op": "call.attach"}
+        args = {"call": call.id, "token": call.token}
+        # '{"v": 1, ..., "args": {"call": ..., "token": ...' + ', "pid": <pid>}}\n'
+        self._head = (wire.dumps({**head, "args": args})[:-2] + ', "pid": ').encode()
+        self._timeout = client.timeout
+        self._sock = -1
+        self._answered = False
         self._go_r, self._go_w = os.pipe()
 
+    def __enter__(self) -> Gate:
+        try:
+            self._sock = self.client._lend(self._rid, self)
+        except BaseException:
+            self._close_pipe()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client._unlend(self._rid)
+        self._close_pipe()
+
+    def put(self, msg: dict[str, Any] | None) -> None:
+        """From the parent's reader thread: the daemon's answer, or None when it will
+        never come. Only the first counts."""
+        if self._answered:
+            return
+        self._answered = True
+        if msg is not None and msg.get("ok"):
+            verdict = b"1"
+        else:
+            error = (msg or {}).get("error") or {}
+            reason = error.get("message", "the daemon closed the connection")
+            verdict = (f"0{error.get('code', 'unavailable')}: {reason}\n").encode(errors="replace")[
+                :_MAX_VERDICT
+            ]
+        try:  # noqa: SIM105 (contextlib is start-up time on the `agentcg run` path)
+            os.write(self._go_w, verdict)
+        except OSError:
+            pass  # the gate was closed: the child is long gone
+
     def __call__(self) -> None:
-        """In the child: announce itself, wait for the verdict, exit 126 unless placed."""
+        """In the child: send the attach, wait for the verdict, exit 126 unless placed."""
         verdict = b""
         try:
-            os.write(self._pid_w, os.getpid().to_bytes(4, "little"))
-            verdict = os.read(self._go_r, _MAX_VERDICT)
+            frame = memoryview(self._head + b"%d}}\n" % os.getpid())
+            while frame:
+                frame = frame[os.write(self._sock, frame) :]
+            if _select([self._go_r], [], [], self._timeout)[0]:
+                verdict = os.read(self._go_r, _MAX_VERDICT)
         except BaseException:  # anything: the child must exit 126, not run unattached
             pass
         if verdict == b"1":
@@ -207,46 +246,9 @@ class Gate:
         finally:
             os._exit(126)
 
-    def release(self, pid: int) -> None:
-        """In the parent: have the daemon move child `pid`, then let the child go on."""
-        verdict = b"0"
-        try:
-            self.call.client.request(
-                "call.attach", call=self.call.id, token=self.call.token, pid=pid
-            )
-            verdict = b"1"
-        except Exception as e:  # the child says why and exits 126
-            verdict = b"0" + f"{e}\n".encode(errors="replace")[: _MAX_VERDICT - 1]
-        finally:
-            os.write(self._go_w, verdict)
-
-    def serve(self) -> threading.Thread:
-        """Release the child from a helper thread, for Popen (which returns only once the
-        child has exec'd); join it after Popen returns and close_child_end()."""
-        helper = threading.Thread(target=self._serve, name="agentcg-attach", daemon=True)
-        helper.start()
-        return helper
-
-    def _serve(self) -> None:
-        got = b""
-        while len(got) < 4:
-            chunk = os.read(self._pid_r, 4 - len(got))
-            if not chunk:
-                return  # the child failed before it reached the gate
-            got += chunk
-        self.release(int.from_bytes(got, "little"))
-
-    def close_child_end(self) -> None:
-        """The parent's copy of the child's end: once closed, a child that exits or
-        execs without announcing itself shows as EOF."""
-        if self._pid_w >= 0:
-            os.close(self._pid_w)
-            self._pid_w = -1
-
-    def close(self) -> None:
-        self.close_child_end()
-        for fd in (self._pid_r, self._go_r, self._go_w):
-            os.close(fd)
+    def _close_pipe(self) -> None:
+        os.close(self._go_r)
+        os.close(self._go_w)
 
 
 def recovered_outcome(call: ToolCall, exit_status: int | None) -> dict[str, Any]:

@@ -38,6 +38,7 @@ class FakeDaemon:
         self.received: list[tuple[int, dict[str, Any]]] = []  # (connection no, request)
         self.attach_pids: list[int] = []
         self.attach_ok = True
+        self.attach_mode = "answer"  # or "hold" (never answer), "drop" (close the connection)
         self.refuse_all = False  # behave like a daemon at max_connections
         self.echo_batch = 1  # answer echo requests in reversed batches of this size
         self.begin_events: list[dict[str, Any]] = []  # pushed before each call.begin's answer
@@ -97,7 +98,10 @@ class FakeDaemon:
                 if reply is None:
                     return
                 if reply:
-                    conn.sendall(encode(reply))
+                    try:
+                        conn.sendall(encode(reply))
+                    except OSError:
+                        return  # the client went away first
 
     def _handle(self, conn: socket.socket, msg: dict[str, Any]) -> dict[str, Any] | None:
         op, rid, args = msg["op"], msg["id"], msg.get("args") or {}
@@ -129,6 +133,11 @@ class FakeDaemon:
             if pid != peer and _parent_of(pid) != peer:
                 return err(rid, AgentcgError("unauthorized", f"pid {pid} is not your child"))
             self.attach_pids.append(pid)
+            if self.attach_mode == "hold":
+                return {}  # never answered
+            if self.attach_mode == "drop":
+                conn.close()  # the daemon goes away mid-attach
+                return None
             if not self.attach_ok:
                 return err(rid, AgentcgError("unauthorized", "pid is not a descendant"))
             return ok(rid, {"call": args["call"], "cgroup": "/fake"})

@@ -122,15 +122,32 @@ def test_popen_has_its_waiting_child_attached_by_pid(daemon: FakeDaemon, client:
     assert attach["args"] == {"call": call.id, "token": call.token, "pid": proc.pid}
 
 
-def test_popen_child_that_fails_before_the_gate_leaves_no_waiter(
+def test_popen_child_that_fails_before_the_gate_leaves_the_connection_usable(
     daemon: FakeDaemon, client: Client, tmp_path
 ):
     # chdir fails in the child before preexec_fn: nothing is attached, Popen raises,
-    # and the helper thread sees EOF instead of waiting for a pid forever.
+    # and the gate gives back the send lock and its request id.
     with client.tool_call() as call, pytest.raises(FileNotFoundError):
         call.popen(["/bin/true"], cwd=tmp_path / "missing")
     assert daemon.attach_pids == []
-    assert not [t for t in threading.enumerate() if t.name == "agentcg-attach"]
+    assert client._waiting == {}
+    assert client.request("hello", version=1)["server"] == "fake"
+
+
+@pytest.mark.parametrize("mode", ["hold", "drop"])
+def test_attach_without_an_answer_runs_nothing(mode: str, daemon: FakeDaemon, sock_path: Path):
+    # The daemon never answers (held: the child gives up after the client's timeout) or
+    # goes away mid-attach (the reader wakes the gate): 126, nothing ran, no deadlock.
+    daemon.attach_mode = mode
+    with Client(str(sock_path), timeout=1) as c:
+        call = c.tool_call().begin()
+        proc = call.popen(
+            [sys.executable, "-c", "print('ran')"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 126 and out == b""
+        assert b"could not place the tool in its cgroup" in err
+        assert c._waiting == {}
 
 
 def test_refused_attach_exits_126_with_reason(daemon: FakeDaemon, client: Client):
