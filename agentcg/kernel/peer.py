@@ -133,17 +133,14 @@ def _alive(pidfd: int) -> bool:
 
 class PeerHandle:
     """The connecting process, pinned by a pidfd so a recycled pid is never mistaken
-    for it. Its cgroup is re-read for every request: processes move (adoption,
-    attach), and identity must follow where the process is now. Its namespaces are
-    read once, at the first request that succeeds, and `confined` is kept for the
-    connection (see current())."""
+    for it. Its cgroup and namespaces are re-read for every request: processes move
+    (adoption, attach), and identity must follow where the process is now."""
 
     def __init__(self, sock: socket.socket) -> None:
         accepted = time.clock_gettime(time.CLOCK_BOOTTIME)
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         self.pid, self.uid, self.gid = struct.unpack("3i", raw)
         self._label: tuple[str, str | None] | None = None
-        self._confined: bool | None = None  # set by the first current() that succeeds
         try:
             self.pidfd = struct.unpack("i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4))[0]
             return
@@ -164,17 +161,8 @@ class PeerHandle:
             raise PeerGone(f"pid {self.pid} exited before it could be identified")
 
     def current(self) -> Peer:
-        """Who the peer is now; raises PeerGone rather than guess (fail closed).
-
-        The cgroup is read every time; the namespaces only until one call succeeds,
-        whose `confined` the connection keeps. That cannot widen anything: a peer that
-        was unconfined (in all the daemon's namespaces) already held the unconfined
-        identity when it connected, so keeping the label gives it nothing it did not
-        have; a confined peer can only get back into the daemon's namespaces with
-        privilege over them (setns needs CAP_SYS_ADMIN in the user namespace that owns
-        the target), and keeping it confined is the stricter answer."""
+        """Who the peer is now; raises PeerGone rather than guess (fail closed)."""
         gone = PeerGone(f"pid {self.pid} that opened this connection is gone")
-        confined = self._confined
         try:
             # A /proc/<pid> directory fd stays bound to the process it was opened for; the
             # pidfd check after opening proves that process is still ours.
@@ -185,22 +173,20 @@ class PeerHandle:
             if not _alive(self.pidfd):
                 raise gone
             cg = _read_cgroup(proc)
-            ns = _namespaces(proc) if confined is None else None
+            ns = _namespaces(proc)
         except OSError as e:
             raise gone from e
         finally:
             os.close(proc)
         if cg is None:
             raise gone
-        if confined is None:
-            confined = self._confined = ns != own_namespaces()
         return Peer(
             self.pid,
             self.uid,
             self.gid,
             cg,
             self._container(cg),
-            confined=confined,
+            confined=ns != own_namespaces(),
             pidfd=self.pidfd,
         )
 

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-from agentcg.kernel import peer as peer_mod
 from agentcg.kernel.peer import PeerGone, PeerHandle, container_of, is_descendant, parent_pid
 
 CID = "4f" * 32
@@ -110,34 +109,3 @@ def test_peer_handle_fails_closed_when_the_connecting_process_is_gone(tmp_path) 
         os.waitpid(pid, 0)
         with conn, pytest.raises(PeerGone):
             PeerHandle(conn).current()
-
-
-def test_namespaces_are_read_once_per_connection_the_cgroup_every_request(monkeypatch) -> None:
-    # The namespaces decide `confined` once, at the first request that succeeds; the
-    # cgroup is read again for every request, since processes move between cgroups.
-    reads = {"ns": 0, "cgroup": 0}
-    namespaces, read_cgroup = peer_mod._namespaces, peer_mod._read_cgroup
-
-    def counting_namespaces(proc_fd: int) -> tuple[tuple[int, int], ...]:
-        reads["ns"] += 1
-        return namespaces(proc_fd)
-
-    def counting_cgroup(proc_fd: int) -> str | None:
-        reads["cgroup"] += 1
-        return read_cgroup(proc_fd)
-
-    peer_mod.own_namespaces()  # cached for the process; not a read of the peer's
-    monkeypatch.setattr(peer_mod, "_namespaces", counting_namespaces)
-    monkeypatch.setattr(peer_mod, "_read_cgroup", counting_cgroup)
-    a, b = socket.socketpair()
-    with a, b:
-        for _ in range(2):  # each connection reads the namespaces once
-            handle = PeerHandle(a)
-            try:
-                before = dict(reads)
-                peers = [handle.current() for _ in range(4)]
-                assert {(p.pid, p.confined) for p in peers} == {(os.getpid(), False)}
-                assert reads["ns"] - before["ns"] == 1
-                assert reads["cgroup"] - before["cgroup"] == 4
-            finally:
-                handle.close()
