@@ -281,8 +281,8 @@ class Connection:
             raise AgentcgError.from_dict(msg.get("error"))
         return msg["result"]
 
-    def _lend(self, rid: int, waiter: Waiter) -> int:
-        """The socket's fd, for a forked child to send request `rid` on between fork and
+    def _lend(self, rid: int, waiter: Waiter) -> _socket.socket:
+        """The socket, for a forked child to send request `rid` on between fork and
         exec; its answer goes to `waiter`. The send lock is held until _unlend(), so
         the child's frame never interleaves with another thread's."""
         while True:
@@ -293,12 +293,16 @@ class Connection:
                     "check `systemctl status agentcg`",
                 )
             self._send_lock.acquire()
-            with self._lock:
-                # A reader tearing this connection down clears _connected before it wakes
-                # the waiters: registered now, the waiter is woken; else wait and retry.
-                if self._connected.is_set() and not self._closed:
-                    self._waiting[rid] = (waiter, self._gen)
-                    return self._sock.fileno()
+            try:
+                with self._lock:
+                    # A reader tearing this connection down clears _connected before it
+                    # wakes the waiters: registered now, the waiter is woken; else retry.
+                    if self._connected.is_set() and not self._closed:
+                        self._waiting[rid] = (waiter, self._gen)
+                        return self._sock
+            except BaseException:  # e.g. KeyboardInterrupt: never keep the lock
+                self._send_lock.release()
+                raise
             self._send_lock.release()
             if self._closed:
                 raise AgentcgError("unavailable", "the client is closed")

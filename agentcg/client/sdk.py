@@ -18,10 +18,12 @@ marked ``"recovered": True`` (exit status known, statistics lost).
 
 from __future__ import annotations
 
+import _socket
+import _thread
 import os
 import time
 from collections.abc import Sequence
-from select import select as _select
+from select import POLLIN, poll
 
 from agentcg.client import wire
 from agentcg.client.connection import PROTOCOL_VERSION, RECONNECT_WINDOW_S, Connection
@@ -175,9 +177,16 @@ class Gate:
     that the pid is the parent's child. The parent's reader thread gets the answer and
     writes b"1" (exec) or b"0" and the reason (the child prints it and exits 126,
     running nothing) into the pipe. From entering the gate until leaving it the parent
-    holds the connection's send lock: the child's frame is the only one on the socket.
-    Between fork and exec the child only writes, waits (select, up to the client's
-    timeout) and reads. The socket is close-on-exec: the tool never holds it.
+    holds the connection's send lock: the child's frame is the only one on the socket,
+    other threads' requests on this Client wait, and none may be made from inside the
+    `with` block. The attach is answered after any request still pending on the
+    connection (e.g. a call.begin waiting for a slot), within the client's timeout.
+
+    A process in a pid namespace of its own (a container) does not know its child's
+    pid as the daemon sees it: then the child connects on its own and attaches itself,
+    the daemon taking its pid from SO_PEERCRED. Between fork and exec the child only
+    writes, waits (poll, up to the client's timeout) and reads. Every socket is
+    close-on-exec: the tool never holds one.
     """
 
     def __init__(self, call: ToolCall) -> None:
@@ -187,56 +196,73 @@ class Gate:
             f"agentcg: could not place the tool in its cgroup (call.attach {call.id} "
             f"via {client.path}); not running it\n"
         ).encode(errors="replace")
+        self._timeout_ms = int(client.timeout * 1000)
         self._rid = next(client._ids)
-        head = {"v": PROTOCOL_VERSION, "id": self._rid, "op": "call.attach"}
         args = {"call": call.id, "token": call.token}
-        # '{"v": 1, ..., "args": {"call": ..., "token": ...' + ', "pid": <pid>}}\n'
-        self._head = (wire.dumps({**head, "args": args})[:-2] + ', "pid": ').encode()
-        self._timeout = client.timeout
-        self._sock = -1
-        self._answered = False
+        frame = wire.dumps(
+            {"v": PROTOCOL_VERSION, "id": self._rid, "op": "call.attach", "args": args}
+        )
+        # By pid the frame ends '..., "pid": <pid>}}\n'; the child adds its pid.
+        by_pid = (client.server.get("peer") or {}).get("pid") == os.getpid()
+        self._head = (frame[:-2] + ', "pid": ').encode() if by_pid else b""
+        self._frame = b"" if by_pid else frame.encode() + b"\n"
+        self._sock: _socket.socket | None = None
+        self._lent = False
+        self._lock = _thread.allocate_lock()  # put() against closing the pipe
+        self._closed = False
         self._go_r, self._go_w = os.pipe()
+        self._poll = poll()
+        self._poll.register(self._go_r, POLLIN)
 
     def __enter__(self) -> Gate:
         try:
-            self._sock = self.client._lend(self._rid, self)
+            if self._head:
+                self._sock = self.client._lend(self._rid, self)
+                self._lent = True
+            else:
+                self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+                self._sock.settimeout(self._timeout_ms / 1000)
         except BaseException:
-            self._close_pipe()
+            self._close()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.client._unlend(self._rid)
-        self._close_pipe()
+        if self._lent:
+            self.client._unlend(self._rid)
+        self._close()
 
     def put(self, msg: dict[str, Any] | None) -> None:
         """From the parent's reader thread: the daemon's answer, or None when it will
-        never come. Only the first counts."""
-        if self._answered:
-            return
-        self._answered = True
+        never come. Only the first counts, and none once the gate is closed."""
         if msg is not None and msg.get("ok"):
             verdict = b"1"
         else:
             error = (msg or {}).get("error") or {}
             reason = error.get("message", "the daemon closed the connection")
-            verdict = (f"0{error.get('code', 'unavailable')}: {reason}\n").encode(errors="replace")[
-                :_MAX_VERDICT
-            ]
-        try:  # noqa: SIM105 (contextlib is start-up time on the `agentcg run` path)
-            os.write(self._go_w, verdict)
-        except OSError:
-            pass  # the gate was closed: the child is long gone
+            code = error.get("code", "unavailable")
+            verdict = f"0{code}: {reason}\n".encode(errors="replace")[:_MAX_VERDICT]
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True  # answered: a later put() writes nothing
+            os.write(self._go_w, verdict)  # at most PIPE_BUF into an empty pipe
 
     def __call__(self) -> None:
         """In the child: send the attach, wait for the verdict, exit 126 unless placed."""
         verdict = b""
         try:
-            frame = memoryview(self._head + b"%d}}\n" % os.getpid())
-            while frame:
-                frame = frame[os.write(self._sock, frame) :]
-            if _select([self._go_r], [], [], self._timeout)[0]:
-                verdict = os.read(self._go_r, _MAX_VERDICT)
+            os.close(self._go_w)  # the parent's copy only: EOF if it gives up
+            sock = self._sock
+            assert sock is not None
+            if self._head:
+                frame = memoryview(self._head + b"%d}}\n" % os.getpid())
+                while frame:  # MSG_NOSIGNAL: SIGPIPE is at its default here
+                    frame = frame[sock.send(frame, _socket.MSG_NOSIGNAL) :]
+                if self._poll.poll(self._timeout_ms):
+                    verdict = os.read(self._go_r, _MAX_VERDICT)
+            else:
+                verdict = _self_attach(sock, self.client.path, self._frame)
         except BaseException:  # anything: the child must exit 126, not run unattached
             pass
         if verdict == b"1":
@@ -246,9 +272,26 @@ class Gate:
         finally:
             os._exit(126)
 
-    def _close_pipe(self) -> None:
-        os.close(self._go_r)
-        os.close(self._go_w)
+    def _close(self) -> None:
+        with self._lock:
+            self._closed = True
+            os.close(self._go_r)
+            os.close(self._go_w)
+        if self._sock is not None and not self._lent:
+            self._sock.close()
+
+
+def _self_attach(sock: _socket.socket, path: str, frame: bytes) -> bytes:
+    """In the child: attach on a connection of its own; b"1", or b"0" and the reply."""
+    sock.connect(path)
+    sock.sendall(frame, _socket.MSG_NOSIGNAL)
+    reply = b""
+    while b"\n" not in reply and len(reply) < _MAX_VERDICT:
+        got = sock.recv(_MAX_VERDICT)
+        if not got:
+            break
+        reply += got
+    return b"1" if b'"ok": true' in reply or b'"ok":true' in reply else b"0" + reply
 
 
 def recovered_outcome(call: ToolCall, exit_status: int | None) -> dict[str, Any]:

@@ -131,12 +131,20 @@ class Calls:
         pid = args.get("pid")
         if pid is None:
             return self._attach(conn.peer, args)
-        self.owned(conn.peer, args["call"], args["token"])
+        asker = conn.peer
+        self.owned(asker, args["call"], args["token"])
         try:
-            child = pin_child(conn.peer, pid)
+            child = pin_child(asker, pid)
         except PeerGone as e:
             raise AgentcgError("unauthorized", f"{e}; nothing was moved") from None
         try:
+            if (child.uid, child.gid) != (asker.uid, asker.gid) and not self.reg.is_admin(asker):
+                # e.g. a setuid helper the agent started: not the agent's to move
+                raise AgentcgError(
+                    "unauthorized",
+                    f"pid {pid} runs as uid {child.uid} gid {child.gid}, not as you; "
+                    "only children with your own ids can be attached by pid",
+                )
             return self._attach(child, args)
         finally:
             os.close(child.pidfd)

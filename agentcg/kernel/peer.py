@@ -242,7 +242,9 @@ def _child_of(parent: Peer, pid: int, pidfd: int) -> Peer:
             f"pid {pid} is not a child of pid {parent.pid} (the process asking); "
             "only a process's own waiting children can be attached by pid",
         )
-    uids, gids = ids
+    uids, gids, tgid = ids
+    if tgid != pid:
+        raise AgentcgError("unauthorized", f"{pid} is a thread id, not a process; nothing moved")
     if len(set(uids)) != 1 or len(set(gids)) != 1:
         raise AgentcgError(
             "unauthorized", f"pid {pid} is switching user or group ids; it cannot be attached"
@@ -266,14 +268,15 @@ def _read_at(proc_fd: int, name: str) -> bytes:
         os.close(fd)
 
 
-def _status_ids(status: bytes) -> tuple[list[int], list[int]]:
-    """(real, effective, saved, filesystem) uids and gids from /proc/<pid>/status."""
+def _status_ids(status: bytes) -> tuple[list[int], list[int], int]:
+    """(real, effective, saved, filesystem) uids and gids, and the thread group id,
+    from /proc/<pid>/status."""
     found: dict[bytes, list[int]] = {}
     for line in status.splitlines():
         key, _, rest = line.partition(b":")
-        if key in (b"Uid", b"Gid"):
+        if key in (b"Uid", b"Gid", b"Tgid"):
             found[key] = [int(x) for x in rest.split()]
-    return found[b"Uid"], found[b"Gid"]
+    return found[b"Uid"], found[b"Gid"], found[b"Tgid"][0]
 
 
 def _read_cgroup(proc_fd: int) -> str | None:

@@ -38,6 +38,7 @@ class FakeDaemon:
         self.received: list[tuple[int, dict[str, Any]]] = []  # (connection no, request)
         self.attach_pids: list[int] = []
         self.attach_ok = True
+        self.peer_pid_shift = 0  # nonzero: hello reports another pid, as from a pid namespace
         self.attach_mode = "answer"  # or "hold" (never answer), "drop" (close the connection)
         self.refuse_all = False  # behave like a daemon at max_connections
         self.echo_batch = 1  # answer echo requests in reversed batches of this size
@@ -106,7 +107,9 @@ class FakeDaemon:
     def _handle(self, conn: socket.socket, msg: dict[str, Any]) -> dict[str, Any] | None:
         op, rid, args = msg["op"], msg["id"], msg.get("args") or {}
         if op == "hello":
-            return ok(rid, {"version": 1, "server": "fake", "peer": {}})
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid = struct.unpack("3i", creds)[0] + self.peer_pid_shift  # shifted: "a pid ns"
+            return ok(rid, {"version": 1, "server": "fake", "peer": {"pid": pid}})
         if op == "call.begin":
             for event in self.begin_events:
                 conn.sendall(encode(event))

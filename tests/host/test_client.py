@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agentcg.client import Client
+from agentcg.client.sdk import Gate
 from agentcg.core.errors import AgentcgError
 from agentcg.core.policy import Outcome
 from tests.host.fake_daemon import FakeDaemon, wait_for
@@ -122,6 +123,18 @@ def test_popen_has_its_waiting_child_attached_by_pid(daemon: FakeDaemon, client:
     assert attach["args"] == {"call": call.id, "token": call.token, "pid": proc.pid}
 
 
+def test_in_a_pid_namespace_the_child_attaches_itself(daemon: FakeDaemon, sock_path: Path):
+    # The daemon sees another pid for us than we do (a container's pid namespace): our
+    # child's pid would mean nothing to it, so the child connects and attaches itself.
+    daemon.peer_pid_shift = 1000
+    with Client(str(sock_path), timeout=5) as c, c.tool_call() as call:
+        proc = call.popen(["/bin/true"])
+        assert proc.wait(5) == 0
+    assert daemon.attach_pids == [proc.pid]
+    [(conn_no, attach)] = [(n, m) for n, m in daemon.received if m["op"] == "call.attach"]
+    assert conn_no != 1 and attach["args"] == {"call": call.id, "token": call.token}
+
+
 def test_popen_child_that_fails_before_the_gate_leaves_the_connection_usable(
     daemon: FakeDaemon, client: Client, tmp_path
 ):
@@ -147,7 +160,7 @@ def test_attach_without_an_answer_runs_nothing(mode: str, daemon: FakeDaemon, so
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 126 and out == b""
         assert b"could not place the tool in its cgroup" in err
-        assert c._waiting == {}
+        assert not [w for w, _ in c._waiting.values() if isinstance(w, Gate)]
 
 
 def test_refused_attach_exits_126_with_reason(daemon: FakeDaemon, client: Client):
