@@ -291,7 +291,7 @@ def _self_attach(sock: _socket.socket, path: str, frame: bytes) -> bytes:
         if not got:
             break
         reply += got
-    return b"1" if b'"ok": true' in reply or b'"ok":true' in reply else b"0" + reply
+    return b"1" if b'"ok":true' in reply else b"0" + reply  # the daemon's compact JSON
 
 
 def recovered_outcome(call: ToolCall, exit_status: int | None) -> dict[str, Any]:

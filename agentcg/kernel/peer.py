@@ -27,7 +27,7 @@ from agentcg.kernel.cgroup import (
     find_cgroup2_mount,
     parse_proc_cgroup,
 )
-from agentcg.kernel.process import stat_fields
+from agentcg.kernel.process import parse_stat, stat_fields
 
 NAMESPACES = ("pid", "mnt", "user", "cgroup")
 
@@ -163,23 +163,7 @@ class PeerHandle:
     def current(self) -> Peer:
         """Who the peer is now; raises PeerGone rather than guess (fail closed)."""
         gone = PeerGone(f"pid {self.pid} that opened this connection is gone")
-        try:
-            # A /proc/<pid> directory fd stays bound to the process it was opened for; the
-            # pidfd check after opening proves that process is still ours.
-            proc = os.open(f"/proc/{self.pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as e:
-            raise gone from e
-        try:
-            if not _alive(self.pidfd):
-                raise gone
-            cg = _read_cgroup(proc)
-            ns = _namespaces(proc)
-        except OSError as e:
-            raise gone from e
-        finally:
-            os.close(proc)
-        if cg is None:
-            raise gone
+        cg, ns, _ = _read_pinned(self.pid, self.pidfd, gone)
         return Peer(
             self.pid,
             self.uid,
@@ -219,23 +203,12 @@ def pin_child(parent: Peer, pid: int) -> Peer:
 
 def _child_of(parent: Peer, pid: int, pidfd: int) -> Peer:
     gone = PeerGone(f"pid {pid} exited before it could be identified")
+    cg, ns, (stat, status) = _read_pinned(pid, pidfd, gone, "stat", "status")
     try:
-        proc = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
+        ppid = int(parse_stat(stat)[1])
+        ids = _status_ids(status)
+    except (ValueError, IndexError, KeyError) as e:
         raise gone from e
-    try:
-        # Read through the dir fd, then proven by the pidfd to be the pinned process.
-        stat = _read_at(proc, "stat")
-        ids = _status_ids(_read_at(proc, "status"))
-        cg = _read_cgroup(proc)
-        ns = _namespaces(proc)
-    except (OSError, ValueError, KeyError) as e:
-        raise gone from e
-    finally:
-        os.close(proc)
-    if not _alive(pidfd) or cg is None:
-        raise gone
-    ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
     if ppid != parent.pid:
         raise AgentcgError(
             "unauthorized",
@@ -258,6 +231,32 @@ def _child_of(parent: Peer, pid: int, pidfd: int) -> Peer:
         confined=ns != own_namespaces(),
         pidfd=pidfd,
     )
+
+
+def _read_pinned(
+    pid: int, pidfd: int, gone: PeerGone, *files: str
+) -> tuple[str, tuple[tuple[int, int], ...], list[bytes]]:
+    """The cgroup and namespaces of the process pinned by `pidfd`, and its /proc files
+    named in `files`, all read through one /proc/<pid> directory fd; `gone` if it cannot
+    be. The dir fd stays bound to the process it was opened for; the pidfd check after
+    opening it proves that process is still the pinned one."""
+    try:
+        proc = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise gone from e
+    try:
+        if not _alive(pidfd):
+            raise gone
+        read = [_read_at(proc, name) for name in files]
+        cg = _read_cgroup(proc)
+        ns = _namespaces(proc)
+    except OSError as e:
+        raise gone from e
+    finally:
+        os.close(proc)
+    if cg is None:
+        raise gone
+    return cg, ns, read
 
 
 def _read_at(proc_fd: int, name: str) -> bytes:

@@ -8,9 +8,13 @@ from agentcg.kernel.cgroup import read_bytes
 
 
 def stat_fields(pid: int) -> list[bytes]:
-    """/proc/<pid>/stat from its third field (state) on; OSError if there is no such pid.
-    comm may contain spaces and parens: the fields after the last ')' are fixed."""
-    stat = read_bytes(f"/proc/{pid}/stat")
+    """/proc/<pid>/stat from its third field (state) on; OSError if there is no such pid."""
+    return parse_stat(read_bytes(f"/proc/{pid}/stat"))
+
+
+def parse_stat(stat: bytes) -> list[bytes]:
+    """The fields of a /proc/<pid>/stat text from the third (state) on. comm may contain
+    spaces and parens: the fields after the last ')' are fixed."""
     return stat[stat.rindex(b")") + 2 :].split()
 
 
