@@ -281,10 +281,13 @@ class Connection:
             raise AgentcgError.from_dict(msg.get("error"))
         return msg["result"]
 
-    def _lend(self, rid: int, waiter: Waiter) -> _socket.socket:
+    def _lend(self, rid: int, waiter: Waiter) -> _socket.socket | None:
         """The socket, for a forked child to send request `rid` on between fork and
         exec; its answer goes to `waiter`. The send lock is held until _unlend(), so
-        the child's frame never interleaves with another thread's."""
+        the child's frame never interleaves with another thread's. None (and no lock
+        held) while another request is pending on it: the daemon answers a
+        connection's requests in order, so the child's would wait behind that one
+        (e.g. a call.begin waiting for a slot)."""
         while True:
             if not self._connected.wait(RECONNECT_WINDOW_S):
                 raise AgentcgError(
@@ -298,6 +301,9 @@ class Connection:
                     # A reader tearing this connection down clears _connected before it
                     # wakes the waiters: registered now, the waiter is woken; else retry.
                     if self._connected.is_set() and not self._closed:
+                        if self._waiting:
+                            self._send_lock.release()
+                            return None
                         self._waiting[rid] = (waiter, self._gen)
                         return self._sock
             except BaseException:  # e.g. KeyboardInterrupt: never keep the lock

@@ -109,11 +109,14 @@ class ToolCall:
         return Gate(self)
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """subprocess.Popen inside this call's cgroup. user=/group=/extra_groups= take
+        effect before the gate, and the daemon attaches a child whose ids differ from
+        its agent's only for an admin agent (else the child exits 126)."""
         if "preexec_fn" in kwargs:
             raise TypeError(
                 "ToolCall.popen()/run() use preexec_fn to attach the tool to its cgroup; "
-                "a caller's preexec_fn is not supported (use start_new_session=, user=, "
-                "group=, umask=, process_group= or a wrapper command instead)"
+                "a caller's preexec_fn is not supported (use start_new_session=, umask=, "
+                "process_group= or a wrapper command instead)"
             )
         import subprocess
 
@@ -179,14 +182,15 @@ class Gate:
     running nothing) into the pipe. From entering the gate until leaving it the parent
     holds the connection's send lock: the child's frame is the only one on the socket,
     other threads' requests on this Client wait, and none may be made from inside the
-    `with` block. The attach is answered after any request still pending on the
-    connection (e.g. a call.begin waiting for a slot), within the client's timeout.
+    `with` block.
 
-    A process in a pid namespace of its own (a container) does not know its child's
-    pid as the daemon sees it: then the child connects on its own and attaches itself,
-    the daemon taking its pid from SO_PEERCRED. Between fork and exec the child only
-    writes, waits (poll, up to the client's timeout) and reads. Every socket is
-    close-on-exec: the tool never holds one.
+    The child connects on its own and attaches itself instead, the daemon taking its
+    pid from SO_PEERCRED, when another request is pending on the parent's connection
+    (the daemon answers a connection's requests in order, and one may wait long, e.g.
+    a call.begin for a slot), and when the parent is in a pid namespace of its own (a
+    container): it does not know its child's pid as the daemon sees it. Between fork
+    and exec the child only writes, waits (poll, up to the client's timeout) and
+    reads. Every socket is close-on-exec: the tool never holds one.
     """
 
     def __init__(self, call: ToolCall) -> None:
@@ -205,7 +209,7 @@ class Gate:
         # By pid the frame ends '..., "pid": <pid>}}\n'; the child adds its pid.
         by_pid = (client.server.get("peer") or {}).get("pid") == os.getpid()
         self._head = (frame[:-2] + ', "pid": ').encode() if by_pid else b""
-        self._frame = b"" if by_pid else frame.encode() + b"\n"
+        self._frame = frame.encode() + b"\n"
         self._sock: _socket.socket | None = None
         self._lent = False
         self._lock = _thread.allocate_lock()  # put() against closing the pipe
@@ -218,8 +222,10 @@ class Gate:
         try:
             if self._head:
                 self._sock = self.client._lend(self._rid, self)
-                self._lent = True
-            else:
+                self._lent = self._sock is not None
+                if not self._lent:
+                    self._head = b""  # another request is pending: attach on our own
+            if not self._lent:
                 self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
                 self._sock.settimeout(self._timeout_ms / 1000)
         except BaseException:

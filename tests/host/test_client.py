@@ -135,6 +135,30 @@ def test_in_a_pid_namespace_the_child_attaches_itself(daemon: FakeDaemon, sock_p
     assert conn_no != 1 and attach["args"] == {"call": call.id, "token": call.token}
 
 
+def test_with_a_request_pending_the_child_attaches_itself(daemon: FakeDaemon, sock_path: Path):
+    # The daemon answers a connection's requests in order: behind a pending request
+    # (here one never answered) the attach would wait, so the child connects itself.
+    with Client(str(sock_path), timeout=2) as c, c.tool_call() as call:
+        errors: list[AgentcgError] = []
+
+        def hold() -> None:
+            try:
+                c.request("hold")
+            except AgentcgError as e:
+                errors.append(e)
+
+        held = threading.Thread(target=hold)
+        held.start()
+        wait_for(lambda: daemon.ops("hold"))
+        proc = call.popen(["/bin/true"])
+        assert proc.wait(5) == 0
+        held.join(10)
+    assert daemon.attach_pids == [proc.pid]
+    [(conn_no, attach)] = [(n, m) for n, m in daemon.received if m["op"] == "call.attach"]
+    assert conn_no != 1 and attach["args"] == {"call": call.id, "token": call.token}
+    assert not held.is_alive() and [e.code for e in errors] == ["timeout"]
+
+
 def test_popen_child_that_fails_before_the_gate_leaves_the_connection_usable(
     daemon: FakeDaemon, client: Client, tmp_path
 ):
