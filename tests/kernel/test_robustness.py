@@ -787,6 +787,56 @@ def test_attach_by_pid_takes_only_the_askers_own_waiting_child(daemon: RunningDa
     assert_serves(daemon)
 
 
+def test_attach_by_pid_refuses_a_child_with_other_ids_than_its_agent(daemon: RunningDaemon) -> None:
+    # A non-admin agent's root child (as a setuid helper it started would be) is not
+    # the agent's to move. Here the asker forks it as root, then becomes nobody; its
+    # child forked as nobody afterwards is its own, and the control.
+    report_r, report_w = os.pipe()
+    asker = os.fork()
+    if asker == 0:
+        result: dict[str, Any] = {}
+        try:
+            os.close(report_r)
+            root_child, root_release = _held_child()
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            own_child, own_release = _held_child()
+            with Raw(daemon) as r:
+                result["hello"] = r.ok("hello", version=1)
+                began = r.ok("call.begin", intent={"label": "setuid-helper"})
+                ids = {"call": began["call"], "token": began["token"]}
+                result["root"] = r.request("call.attach", **ids, pid=root_child)
+                result["own"] = r.request("call.attach", **ids, pid=own_child)
+                procs = Path(began["cgroup"], "cgroup.procs").read_text().split()
+                result["procs"] = [int(p) for p in procs]
+                result["pids"] = {"root": root_child, "own": own_child}
+                result["end"] = r.request("call.end", **ids, exit_status=0)
+            for release in (root_release, own_release):
+                os.close(release)  # a child still held exits 126
+            for pid in (root_child, own_child):
+                os.waitpid(pid, 0)
+        except BaseException as e:
+            result["error"] = repr(e)
+        finally:
+            os.write(report_w, json.dumps(result).encode())
+            os._exit(0)
+    os.close(report_w)
+    with os.fdopen(report_r, "rb") as f:
+        result = json.loads(f.read())
+    os.waitpid(asker, 0)
+    assert "error" not in result, result
+    assert result["hello"]["peer"]["uid"] == NOBODY
+    root, own = result["root"], result["own"]
+    assert not root["ok"] and root["error"]["code"] == "unauthorized", root
+    assert "runs as uid 0" in root["error"]["message"]
+    assert own["ok"] is True, own
+    assert result["procs"] == [result["pids"]["own"]]  # the root child never moved
+    assert result["end"]["ok"] is True
+    assert daemon.tool_cgroups() == []
+    assert_serves(daemon)
+
+
 # --------------------------------------------------------------------------- path injection
 
 BAD_NAMES = [
