@@ -44,9 +44,10 @@ class Location:
 
 
 def is_admin(peer: Identity, where: Location, admin: AdminConfig) -> bool:
-    if peer.confined or where.session:
-        return False  # root in a container's namespaces or inside a session is an agent
-    return peer.uid in admin.uids or peer.gid in admin.gids
+    if where.session or not (peer.uid in admin.uids or peer.gid in admin.gids):
+        return False
+    # Root in a container's namespaces is an agent. Asked last: it costs /proc reads.
+    return not peer.confined
 
 
 def default_session_name(peer: Identity, home: str | None, taken: Callable[[str], bool]) -> str:
@@ -63,8 +64,11 @@ def default_session_name(peer: Identity, home: str | None, taken: Callable[[str]
     raise AgentcgError("conflict", f"no free default session name for {base}; close some")
 
 
-def authorize_session(peer: Identity, where: Location, admin: bool, sess: Session) -> None:
-    """Raise unless the peer may act on the session."""
+def authorize_session(
+    peer: Identity, where: Location, admin: Callable[[], bool], sess: Session
+) -> None:
+    """Raise unless the peer may act on the session. `admin` is asked only if the peer
+    is neither in the session nor its owner."""
     if where.call:
         # A tool may not steer its own session: close it, open others, adopt itself.
         raise AgentcgError(
@@ -72,9 +76,9 @@ def authorize_session(peer: Identity, where: Location, admin: bool, sess: Sessio
             f"a tool inside call {where.call} cannot act on sessions; "
             "its agent (the process that began the call) can",
         )
-    if admin or where.session == sess.name:
+    if where.session == sess.name or (sess.owner_uid == peer.uid and sess.home == where.home):
         return
-    if sess.owner_uid == peer.uid and sess.home == where.home:
+    if admin():
         return
     raise AgentcgError(
         "unauthorized",
@@ -83,12 +87,13 @@ def authorize_session(peer: Identity, where: Location, admin: bool, sess: Sessio
 
 
 def authorize_call(
-    peer: Identity, where: Location, admin: bool, call: Call, sess: Session | None
+    peer: Identity, where: Location, admin: Callable[[], bool], call: Call, sess: Session | None
 ) -> None:
-    """Raise unless the peer may act on the call (its token is checked separately)."""
-    if admin:
+    """Raise unless the peer may act on the call (its token is checked separately).
+    `admin` is asked only if the peer is not the call's owner."""
+    if call.owner_uid == peer.uid and sess is not None and sess.home == where.home:
         return
-    if call.owner_uid != peer.uid or sess is None or sess.home != where.home:
+    if not admin():
         raise AgentcgError("unauthorized", f"call {call.id!r} belongs to another agent")
 
 

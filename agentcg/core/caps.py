@@ -9,7 +9,7 @@ decide.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from agentcg.core.config import Config, Grant
 from agentcg.core.errors import AgentcgError
@@ -80,10 +80,16 @@ def granted(grant: Grant | None, uid: int, gids: Iterable[int], label: str | Non
 
 
 def check_priority(
-    cfg: Config, priority: str, admin: bool, uid: int, gids: Iterable[int], label: str | None
+    cfg: Config,
+    priority: str,
+    admin: Callable[[], bool],
+    uid: int,
+    gids: Iterable[int],
+    label: str | None,
 ) -> None:
-    """Raise unless the peer may use `priority` (admins and grantees may use any)."""
-    if admin or not privileged(cfg, priority):
+    """Raise unless the peer may use `priority` (admins and grantees may use any);
+    `admin` is asked only for a priority above the default."""
+    if not privileged(cfg, priority) or admin():
         return
     if granted(cfg.grants.get(priority), uid, gids, label):
         return

@@ -55,7 +55,7 @@ class Call:
     intent: Intent
     limits: CallLimits
     started: float
-    state: str = "pending"  # pending -> running -> exited -> ended
+    state: str = "pending"  # pending -> running -> ended ("exited" when shown, all gone)
     killed_reason: str | None = None
     high_events: int = 0
     oom_kills: int = 0

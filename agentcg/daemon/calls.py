@@ -56,11 +56,14 @@ class Calls:
                 f"already inside tool call {where.call}: run the command directly "
                 "(`agentcg run` does so by itself)",
             )
-        admin = reg.is_admin(peer)
+
+        def admin() -> bool:  # asked only where it decides: it may cost /proc reads
+            return reg.is_admin(peer)
+
         caps.check_priority(reg.cfg, intent.priority, admin, peer.uid, (peer.gid,), peer.container)
         name = args.get("session") or where.session
         sess = reg.session_or_raise(peer, name) if name else self.sessions.open_session(peer, {})
-        if sess.home != where.home and not admin:
+        if sess.home != where.home and not admin():
             # Its tool would leave the cgroup (and the limits) it runs under now.
             raise AgentcgError(
                 "unauthorized",
@@ -76,7 +79,7 @@ class Calls:
             lambda why, position: _tell_waiting(conn, sess.name, why, position, wait_s),
         )
         # Admitted: from here on nothing awaits until the call holds its slot.
-        if len(reg.calls) >= reg.cfg.daemon.max_calls and not admin:
+        if len(reg.calls) >= reg.cfg.daemon.max_calls and not admin():
             raise AgentcgError(
                 "limit_exceeded",
                 f"the daemon already runs {len(reg.calls)} tool calls (daemon.max_calls); "
@@ -215,7 +218,9 @@ class Calls:
         if token is not None and not secrets.compare_digest(token, call.token):
             raise AgentcgError("unauthorized", f"wrong token for call {call_id!r}")
         sess = self.reg.sessions.get(call.session)
-        authz.authorize_call(peer, self.reg.locate(peer), self.reg.is_admin(peer), call, sess)
+        authz.authorize_call(
+            peer, self.reg.locate(peer), lambda: self.reg.is_admin(peer), call, sess
+        )
         return call
 
     def _arm_timeout(self, call: Call) -> None:

@@ -158,7 +158,7 @@ class DockerEvents:
             gid=st.st_gid,
             cgroup=cgroup,
             container=container_of(cgroup, find_cgroup2_mount()),
-            confined=True,
+            ns_confined=True,
         )
         existing = reg.sessions.get(want.name)
         if existing is not None:

@@ -1,6 +1,7 @@
-"""Kernel events for calls and sessions: inotify on their cgroup event files (OOM
-kills, a call's processes gone), turned into state changes and pushed events; and the
-memory trouble detector (memdetect.py) whose reports go to escalation."""
+"""Kernel events for calls and sessions: inotify on a call's memory.events (OOM
+kills), turned into pushed events; and the memory trouble detector (memdetect.py)
+whose reports go to escalation. Whether a call's processes are all gone is read when
+it is shown (views.call_state), not watched: that would wake the daemon twice per call."""
 
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ class KernelEvents:
         assert self.watcher is not None
         cg, call_id = self.reg.call_cg(call), call.id
         self.watcher.add(cg.file("memory.events"), lambda _p: self._on_memory_events(call_id))
-        self.watcher.add(cg.file("cgroup.events"), lambda _p: self._on_cgroup_events(call_id))
         self.detect.watch_call(call)
         if fresh:
             self.escalation.begun(call)
@@ -47,7 +47,6 @@ class KernelEvents:
         if self.watcher:
             cg = self.reg.call_cg(call)
             self.watcher.remove(cg.file("memory.events"))
-            self.watcher.remove(cg.file("cgroup.events"))
         self.detect.unwatch_call(call)
         self.escalation.forget(call)
 
@@ -82,13 +81,3 @@ class KernelEvents:
                     "reason": reason,
                 },
             )
-
-    def _on_cgroup_events(self, call_id: str) -> None:
-        call = self.reg.calls.get(call_id)
-        if call is None or call.state != "running":
-            return
-        try:
-            if not self.reg.call_cg(call).populated:
-                call.state = "exited"
-        except (CgroupError, OSError):
-            return

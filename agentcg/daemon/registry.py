@@ -149,5 +149,5 @@ class Registry:
         sess = self.sessions.get(name)
         if sess is None:
             raise AgentcgError("not_found", f"no session {name!r}: open it first with session.open")
-        authz.authorize_session(peer, self.locate(peer), self.is_admin(peer), sess)
+        authz.authorize_session(peer, self.locate(peer), lambda: self.is_admin(peer), sess)
         return sess

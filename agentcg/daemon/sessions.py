@@ -15,7 +15,7 @@ from agentcg.daemon.ending import Ending
 from agentcg.daemon.events import KernelEvents
 from agentcg.daemon.layout import LEAF, host_memory
 from agentcg.daemon.registry import Connection, Registry
-from agentcg.daemon.views import session_view
+from agentcg.daemon.views import call_state, session_view
 from agentcg.kernel.cgroup import Cgroup, CgroupError
 from agentcg.kernel.peer import Peer, move_pinned
 from agentcg.kernel.process import start_ticks
@@ -73,7 +73,7 @@ class Sessions:
         for call_id in list(sess.calls):
             call = reg.calls.get(call_id)
             if call:
-                killed += call.state in ("pending", "running")
+                killed += call_state(reg, call) in ("pending", "running")
                 await self.ending.finish_if_live(call, reason)
         self._give_back(sess, scg.child("agent"))
         await reg.reaper.remove(scg, DRAIN_TIMEOUT_S)
@@ -98,7 +98,10 @@ class Sessions:
             raise AgentcgError(
                 "unauthorized", f"a tool inside call {where.call} cannot open sessions"
             )
-        admin = reg.is_admin(peer)
+
+        def admin() -> bool:  # asked only where it decides: it may cost /proc reads
+            return reg.is_admin(peer)
+
         name = args.get("name")
         if not name:
             existing = reg.sessions.get(where.session or "") or reg.default_session(
@@ -112,14 +115,14 @@ class Sessions:
                 reg.state.drop("sessions", existing.name)
             name = authz.default_session_name(peer, where.home, reg.sessions.__contains__)
         else:
-            authz.check_session_name(name, "the one opened without a name", admin)
+            authz.check_session_name(name, "the one opened without a name", admin())
             existing = reg.sessions.get(name)
             if existing is not None:
                 authz.authorize_session(peer, where, admin, existing)
                 raise AgentcgError(
                     "conflict", f"session {name!r} is already open; close it or pick another name"
                 )
-        if not admin:
+        if not admin():
             self._check_caps(peer.uid, where.home)
         if where.home is not None:
             reg.homes.prepare(where.home)

@@ -65,7 +65,7 @@ class Stats:
             if sess is None:
                 raise AgentcgError("not_found", f"no session {name!r}; `agentcg status` lists them")
             if not everything:
-                authz.authorize_session(peer, where, admin, sess)
+                authz.authorize_session(peer, where, lambda: admin, sess)
             visible = [sess]
         else:
             visible = [s for s in reg.sessions.values() if everything or self._may(conn, s)]
@@ -80,7 +80,7 @@ class Stats:
     def _may(self, conn: Connection, sess: Session) -> bool:
         peer = conn.peer
         try:
-            authz.authorize_session(peer, self.reg.locate(peer), False, sess)
+            authz.authorize_session(peer, self.reg.locate(peer), lambda: False, sess)
         except AgentcgError:
             return False
         return True

@@ -11,6 +11,15 @@ from agentcg.daemon.registry import Registry
 from agentcg.kernel.cgroup import CgroupError
 
 
+def call_state(reg: Registry, call: Call) -> str:
+    """The call's state, "exited" for a running call whose processes are all gone."""
+    if call.state == "running":
+        with contextlib.suppress(CgroupError, OSError):
+            if not reg.call_cg(call).populated:
+                return "exited"
+    return call.state
+
+
 def call_view(reg: Registry, call: Call) -> dict[str, Any]:
     usage: dict[str, Any] = {}
     with contextlib.suppress(CgroupError, OSError):
@@ -24,7 +33,7 @@ def call_view(reg: Registry, call: Call) -> dict[str, Any]:
         "call": call.id,
         "session": call.session,
         "label": call.intent.label,
-        "state": call.state,
+        "state": call_state(reg, call),
         "started": call.started,
         "limits": call.limits.to_dict(),
         "usage": usage,

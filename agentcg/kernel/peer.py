@@ -53,8 +53,23 @@ class Peer:
     gid: int
     cgroup: str  # path relative to the cgroup2 mount, e.g. "/docker/<id>"
     container: str | None  # a label only: never grants anything
-    confined: bool = False  # in a pid/mnt/user/cgroup namespace other than the daemon's
+    # In a pid/mnt/user/cgroup namespace other than the daemon's; None: not read yet.
+    # Only admin decisions need it (four stats per read), so it is read on first use.
+    ns_confined: bool | None = False
     pidfd: int = field(default=-1, compare=False)  # pins the process while it is connected
+
+    @property
+    def confined(self) -> bool:
+        """Whether its namespaces differ from the daemon's, read from /proc through the
+        pidfd when first asked (fail closed: True if that cannot be done)."""
+        if self.ns_confined is None:
+            gone = PeerGone(f"pid {self.pid} is gone")
+            try:
+                confined = _read_namespaces(self.pid, self.pidfd, gone) != own_namespaces()
+            except (PeerGone, OSError):
+                confined = True
+            object.__setattr__(self, "ns_confined", confined)  # a cache of a fact
+        return bool(self.ns_confined)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -133,8 +148,9 @@ def _alive(pidfd: int) -> bool:
 
 class PeerHandle:
     """The connecting process, pinned by a pidfd so a recycled pid is never mistaken
-    for it. Its cgroup and namespaces are re-read for every request: processes move
-    (adoption, attach), and identity must follow where the process is now."""
+    for it. Its cgroup is re-read for every request, its namespaces whenever a request's
+    decision needs them (Peer.confined): processes move (adoption, attach) and unshare,
+    and identity must follow where the process is now."""
 
     def __init__(self, sock: socket.socket) -> None:
         accepted = time.clock_gettime(time.CLOCK_BOOTTIME)
@@ -163,16 +179,8 @@ class PeerHandle:
     def current(self) -> Peer:
         """Who the peer is now; raises PeerGone rather than guess (fail closed)."""
         gone = PeerGone(f"pid {self.pid} that opened this connection is gone")
-        cg, ns, _ = _read_pinned(self.pid, self.pidfd, gone)
-        return Peer(
-            self.pid,
-            self.uid,
-            self.gid,
-            cg,
-            self._container(cg),
-            confined=ns != own_namespaces(),
-            pidfd=self.pidfd,
-        )
+        cg, _ = _read_pinned(self.pid, self.pidfd, gone)
+        return Peer(self.pid, self.uid, self.gid, cg, self._container(cg), None, self.pidfd)
 
     def _container(self, cg: str) -> str | None:
         if self._label is None or self._label[0] != cg:
@@ -203,7 +211,7 @@ def pin_child(parent: Peer, pid: int) -> Peer:
 
 def _child_of(parent: Peer, pid: int, pidfd: int) -> Peer:
     gone = PeerGone(f"pid {pid} exited before it could be identified")
-    cg, ns, (stat, status) = _read_pinned(pid, pidfd, gone, "stat", "status")
+    cg, (stat, status) = _read_pinned(pid, pidfd, gone, "stat", "status")
     try:
         ppid = int(parse_stat(stat)[1])
         ids = _status_ids(status)
@@ -228,35 +236,49 @@ def _child_of(parent: Peer, pid: int, pidfd: int) -> Peer:
         gids[0],
         cg,
         container_of(cg, _cgroup2_mount()),
-        confined=ns != own_namespaces(),
-        pidfd=pidfd,
+        None,
+        pidfd,
     )
 
 
-def _read_pinned(
-    pid: int, pidfd: int, gone: PeerGone, *files: str
-) -> tuple[str, tuple[tuple[int, int], ...], list[bytes]]:
-    """The cgroup and namespaces of the process pinned by `pidfd`, and its /proc files
-    named in `files`, all read through one /proc/<pid> directory fd; `gone` if it cannot
-    be. The dir fd stays bound to the process it was opened for; the pidfd check after
-    opening it proves that process is still the pinned one."""
+def _proc_dir(pid: int, pidfd: int, gone: PeerGone) -> int:
+    """A /proc/<pid> directory fd of the process pinned by `pidfd`; `gone` if it cannot
+    be had. The dir fd stays bound to the process it was opened for; the pidfd check
+    after opening it proves that process is still the pinned one."""
     try:
         proc = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise gone from e
+    if not _alive(pidfd):
+        os.close(proc)
+        raise gone
+    return proc
+
+
+def _read_pinned(pid: int, pidfd: int, gone: PeerGone, *files: str) -> tuple[str, list[bytes]]:
+    """The cgroup of the process pinned by `pidfd` and its /proc files named in
+    `files`, read through one _proc_dir; `gone` if they cannot be."""
+    proc = _proc_dir(pid, pidfd, gone)
     try:
-        if not _alive(pidfd):
-            raise gone
         read = [_read_at(proc, name) for name in files]
         cg = _read_cgroup(proc)
-        ns = _namespaces(proc)
     except OSError as e:
         raise gone from e
     finally:
         os.close(proc)
     if cg is None:
         raise gone
-    return cg, ns, read
+    return cg, read
+
+
+def _read_namespaces(pid: int, pidfd: int, gone: PeerGone) -> tuple[tuple[int, int], ...]:
+    proc = _proc_dir(pid, pidfd, gone)
+    try:
+        return _namespaces(proc)
+    except OSError as e:
+        raise gone from e
+    finally:
+        os.close(proc)
 
 
 def _read_at(proc_fd: int, name: str) -> bytes:

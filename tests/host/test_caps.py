@@ -43,14 +43,14 @@ def test_session_pids_never_above_config_or_ancestors() -> None:
 def test_priorities_above_the_default_need_a_grant() -> None:
     c = load_config(None, {"grants.high": {"uids": [1000], "containers": ["web"]}})
     assert [p for p in c.priorities if caps.privileged(c, p)] == ["critical", "high"]
-    caps.check_priority(c, "normal", False, 7, (), None)
-    caps.check_priority(c, "low", False, 7, (), None)
-    caps.check_priority(c, "critical", True, 7, (), None)  # admins may
-    caps.check_priority(c, "high", False, 1000, (), None)
-    caps.check_priority(c, "high", False, 7, (), "web")
+    caps.check_priority(c, "normal", lambda: False, 7, (), None)
+    caps.check_priority(c, "low", lambda: False, 7, (), None)
+    caps.check_priority(c, "critical", lambda: True, 7, (), None)  # admins may
+    caps.check_priority(c, "high", lambda: False, 1000, (), None)
+    caps.check_priority(c, "high", lambda: False, 7, (), "web")
     for prio, uid, label in (("high", 7, None), ("high", 7, "other"), ("critical", 1000, "web")):
         with pytest.raises(AgentcgError, match="needs a grant") as e:
-            caps.check_priority(c, prio, False, uid, (), label)
+            caps.check_priority(c, prio, lambda: False, uid, (), label)
         assert e.value.code == "unauthorized"
     assert caps.granted(Grant(gids=(27,)), 7, (5, 27), None)
     assert not caps.granted(None, 0, (0,), "x")

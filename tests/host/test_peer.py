@@ -6,7 +6,14 @@ import sys
 
 import pytest
 
-from agentcg.kernel.peer import PeerGone, PeerHandle, container_of, is_descendant, parent_pid
+from agentcg.kernel.peer import (
+    Peer,
+    PeerGone,
+    PeerHandle,
+    container_of,
+    is_descendant,
+    parent_pid,
+)
 
 CID = "4f" * 32
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000  # os.unshare needs Python 3.12
@@ -68,6 +75,7 @@ def test_confined_means_other_namespaces(tmp_path) -> None:
                 conn.recv(1)
                 handle = PeerHandle(conn)
                 peer = handle.current()
+                assert peer.ns_confined is None  # read only when a decision asks
                 assert (peer.pid, peer.confined) == (pid, confined)
                 assert peer.as_dict()["confined"] is confined
                 handle.close()
@@ -109,3 +117,15 @@ def test_peer_handle_fails_closed_when_the_connecting_process_is_gone(tmp_path) 
         os.waitpid(pid, 0)
         with conn, pytest.raises(PeerGone):
             PeerHandle(conn).current()
+
+
+def test_confined_fails_closed_for_a_gone_process() -> None:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    pidfd = os.pidfd_open(pid)
+    try:
+        os.waitpid(pid, 0)
+        assert Peer(pid, 0, 0, "/", None, None, pidfd).confined is True
+    finally:
+        os.close(pidfd)

@@ -367,6 +367,10 @@ def test_malformed_requests_get_structured_errors_and_state_survives(
         assert tool.poll() is None
         tool.kill()
         tool.wait()
+        wait_until(
+            lambda: keeper.request("call.status", call=call.id)["state"] == "exited",
+            what="call.status to show the tool's exit",
+        )
         assert call.end(-9)["signal"] == 9
     assert_serves(daemon)
     no_tracebacks(daemon)
