@@ -79,6 +79,9 @@ class Connection:
         self._ids = itertools.count(1)
         # request id -> (answer queue, generation of the connection it was sent on)
         self._waiting: dict[int, tuple[Waiter, int]] = {}
+        # Requests given up on (timed out) whose answer has not come yet: still pending
+        # in the daemon, which answers a connection's requests in order.
+        self._abandoned: set[int] = set()
         self._lock = threading.Lock()  # _waiting, _sock, _gen, reconnect hand-over
         self._send_lock = threading.Lock()  # one frame at a time on the socket
         self._calls: dict[str, ToolCall] = {}
@@ -121,6 +124,7 @@ class Connection:
             self._gen += 1
             gen = self._gen
             self._sock = sock
+            self._abandoned.clear()  # the old connection's: never answered now
         self._reader_thread = threading.Thread(target=self._reader, args=(sock, gen), daemon=True)
         self._reader_thread.start()
         return sock
@@ -184,8 +188,10 @@ class Connection:
                 # is retried after the reconnect instead of being lost with the socket.
                 _shutdown(sock, _socket.SHUT_WR)
             else:
-                entry = self._waiting.get(rid)  # type: ignore[arg-type]
+                entry = self._waiting.pop(rid, None)  # type: ignore[arg-type]
                 targets = [entry[0]] if entry is not None else []
+                if entry is None:
+                    self._abandoned.discard(rid)  # type: ignore[arg-type]
         for q in targets:
             q.put(msg)
 
@@ -265,10 +271,18 @@ class Connection:
             try:
                 msg = q.get(timeout=self.timeout + patience)
             except Empty:
-                raise AgentcgError(
-                    "timeout",
-                    f"no answer to {op} within {self.timeout:.0f}s; is the daemon overloaded?",
-                ) from None
+                with self._lock:
+                    # Still registered: not answered. Else the reader took the answer
+                    # just now and is putting it into q.
+                    given_up = self._waiting.pop(rid, None) is not None
+                    if given_up and gen == self._gen:
+                        self._abandoned.add(rid)
+                if given_up:
+                    raise AgentcgError(
+                        "timeout",
+                        f"no answer to {op} within {self.timeout:.0f}s; is the daemon overloaded?",
+                    ) from None
+                msg = q.get()
         finally:
             with self._lock:
                 self._waiting.pop(rid, None)
@@ -285,9 +299,9 @@ class Connection:
         """The socket, for a forked child to send request `rid` on between fork and
         exec; its answer goes to `waiter`. The send lock is held until _unlend(), so
         the child's frame never interleaves with another thread's. None (and no lock
-        held) while another request is pending on it: the daemon answers a
-        connection's requests in order, so the child's would wait behind that one
-        (e.g. a call.begin waiting for a slot)."""
+        held) while another request is pending on it, even one given up on: the
+        daemon answers a connection's requests in order, so the child's would wait
+        behind that one (e.g. a call.begin waiting for a slot)."""
         while True:
             if not self._connected.wait(RECONNECT_WINDOW_S):
                 raise AgentcgError(
@@ -301,7 +315,7 @@ class Connection:
                     # A reader tearing this connection down clears _connected before it
                     # wakes the waiters: registered now, the waiter is woken; else retry.
                     if self._connected.is_set() and not self._closed:
-                        if self._waiting:
+                        if self._waiting or self._abandoned:
                             self._send_lock.release()
                             return None
                         self._waiting[rid] = (waiter, self._gen)

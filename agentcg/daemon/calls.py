@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import secrets
 import time
 from typing import Any
@@ -21,10 +20,10 @@ from agentcg.daemon.events import KernelEvents
 from agentcg.daemon.registry import CallRuntime, Connection, Registry
 from agentcg.daemon.sched import SchedService
 from agentcg.daemon.sessions import Sessions
-from agentcg.daemon.views import call_view
+from agentcg.daemon.views import call_state, call_view
 from agentcg.kernel.cgroup import CgroupError
 from agentcg.kernel.oomadj import set_oom_score_adj
-from agentcg.kernel.peer import Peer, PeerGone, is_descendant, move_pinned, pin_child
+from agentcg.kernel.peer import Peer, PeerGone, is_descendant, move_pinned, pin_child, unpin
 
 log = logging.getLogger("agentcg.daemon")
 
@@ -150,7 +149,7 @@ class Calls:
                 )
             return self._attach(child, args)
         finally:
-            os.close(child.pidfd)
+            unpin(child)
 
     def _attach(self, peer: Peer, args: dict[str, Any]) -> dict[str, Any]:
         call = self.owned(peer, args["call"], args["token"])
@@ -207,7 +206,7 @@ class Calls:
         if rt.orphan_timer:
             rt.orphan_timer.cancel()
             rt.orphan_timer = None
-        return {"call": call.id, "state": call.state}
+        return {"call": call.id, "state": call_state(self.reg, call)}
 
     # ------------------------------------------------------------ helpers
 

@@ -180,11 +180,8 @@ class Escalation:
         states = []
         now = time.monotonic()
         for c in calls:
-            cg = reg.call_cg(c)
-            if c.state == "running" and not cg.populated:
-                continue  # its processes are gone: nothing to slow down or kill
             held = self._held.get(c.id) or self._first_look(c)
-            usage = cg.memory_current()
+            usage = reg.call_cg(c).memory_current()
             states.append(
                 CallSnapshot(
                     call=c.id,

@@ -115,8 +115,17 @@ class Registry:
         return rt.conn if rt else None
 
     def live_calls(self, sess: Session) -> list[Call]:
+        """The session's calls that are not condemned and may still run something: a
+        running call whose processes are all gone (not ended yet) is left out."""
         calls = (self.calls.get(c) for c in sess.calls)
-        return [c for c in calls if c and c.live]
+        return [c for c in calls if c and c.live and (c.state != "running" or self.runs(c))]
+
+    def runs(self, call: Call) -> bool:
+        """Whether any process is left in the call's cgroup."""
+        try:
+            return self.call_cg(call).populated
+        except (CgroupError, OSError):
+            return False  # its cgroup is gone
 
     def memory_current(self, call: Call) -> int:
         try:

@@ -13,11 +13,7 @@ from agentcg.kernel.cgroup import CgroupError
 
 def call_state(reg: Registry, call: Call) -> str:
     """The call's state, "exited" for a running call whose processes are all gone."""
-    if call.state == "running":
-        with contextlib.suppress(CgroupError, OSError):
-            if not reg.call_cg(call).populated:
-                return "exited"
-    return call.state
+    return "exited" if call.state == "running" and not reg.runs(call) else call.state
 
 
 def call_view(reg: Registry, call: Call) -> dict[str, Any]:

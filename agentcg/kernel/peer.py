@@ -55,7 +55,7 @@ class Peer:
     container: str | None  # a label only: never grants anything
     # In a pid/mnt/user/cgroup namespace other than the daemon's; None: not read yet.
     # Only admin decisions need it (four stats per read), so it is read on first use.
-    ns_confined: bool | None = False
+    ns_confined: bool | None = field(default=None, compare=False)
     pidfd: int = field(default=-1, compare=False)  # pins the process while it is connected
 
     @property
@@ -197,7 +197,7 @@ def pin_child(parent: Peer, pid: int) -> Peer:
     connected peer's, so every check that applies to a process attaching itself applies
     to it unchanged. The parent names it; the kernel says whose child it is. A child in
     the middle of switching users (real, effective, saved and filesystem ids not all
-    equal) is refused. Close the returned peer's pidfd when done."""
+    equal) is refused. unpin() the returned peer when done."""
     try:
         pidfd = os.pidfd_open(pid)
     except OSError as e:
@@ -207,6 +207,14 @@ def pin_child(parent: Peer, pid: int) -> Peer:
     except BaseException:
         os.close(pidfd)
         raise
+
+
+def unpin(peer: Peer) -> None:
+    """Close a pin_child() peer's pidfd. Its namespaces, if not read by then, count as
+    confined from now on: a closed pidfd proves nothing."""
+    if peer.ns_confined is None:
+        object.__setattr__(peer, "ns_confined", True)
+    os.close(peer.pidfd)
 
 
 def _child_of(parent: Peer, pid: int, pidfd: int) -> Peer:
@@ -249,9 +257,14 @@ def _proc_dir(pid: int, pidfd: int, gone: PeerGone) -> int:
         proc = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise gone from e
-    if not _alive(pidfd):
+    try:
+        # proc == pidfd: the pidfd was closed and its number reused by this open (a
+        # /proc/<pid> dir fd passes pidfd_send_signal too): no proof at all.
+        if proc == pidfd or not _alive(pidfd):
+            raise gone
+    except BaseException:
         os.close(proc)
-        raise gone
+        raise
     return proc
 
 

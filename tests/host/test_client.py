@@ -159,6 +159,18 @@ def test_with_a_request_pending_the_child_attaches_itself(daemon: FakeDaemon, so
     assert not held.is_alive() and [e.code for e in errors] == ["timeout"]
 
 
+def test_after_a_request_timed_out_the_child_attaches_itself(daemon: FakeDaemon, sock_path: Path):
+    # Given up on by the client, the request is still pending in the daemon.
+    with Client(str(sock_path), timeout=0.5) as c, c.tool_call() as call:
+        with pytest.raises(AgentcgError) as ei:
+            c.request("hold")
+        assert ei.value.code == "timeout" and c._waiting == {}
+        proc = call.popen(["/bin/true"])
+        assert proc.wait(5) == 0
+    [(conn_no, attach)] = [(n, m) for n, m in daemon.received if m["op"] == "call.attach"]
+    assert conn_no != 1 and attach["args"] == {"call": call.id, "token": call.token}
+
+
 def test_popen_child_that_fails_before_the_gate_leaves_the_connection_usable(
     daemon: FakeDaemon, client: Client, tmp_path
 ):

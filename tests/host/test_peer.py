@@ -1,5 +1,6 @@
 import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -129,3 +130,24 @@ def test_confined_fails_closed_for_a_gone_process() -> None:
         assert Peer(pid, 0, 0, "/", None, None, pidfd).confined is True
     finally:
         os.close(pidfd)
+
+
+def test_confined_fails_closed_once_the_pidfd_is_closed() -> None:
+    # The closed pidfd's number is taken by the /proc/<pid> dir fd opened to read the
+    # namespaces, and that fd passes pidfd_send_signal too: it must not count as proof.
+    pid = os.fork()
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    try:
+        pidfd = os.pidfd_open(pid)
+        os.close(pidfd)
+        assert Peer(pid, 0, 0, "/", None, None, pidfd).confined is True
+        live = os.pidfd_open(pid)
+        try:
+            assert Peer(pid, 0, 0, "/", None, None, live).confined is False
+        finally:
+            os.close(live)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
