@@ -36,11 +36,14 @@ class Ending:
             reg.push(call, "killed", {"reason": kill_reason})
         cg = reg.call_cg(call)
         self.events.unwatch(call)  # the reaper watches cgroup.events from here on
+        # The stats first: meanwhile a tool its agent has just reaped leaves the cgroup
+        # (the kernel unlinks a dead task at its last context switch, after its parent's
+        # wait returned), and the drain finds it empty instead of killing and waiting.
+        outcome = read_outcome(call, cg, exit_status)
         # Whatever the tool left running in the background ends with the call; a task
         # that cannot die yet (uninterruptible sleep) delays only this reply, and its
         # cgroup is removed in the background once it is gone.
         await reg.reaper.drain(cg, DRAIN_TIMEOUT_S)
-        outcome = read_outcome(call, cg, exit_status)
         outcome.sched = self.sched.finish(call, cg)
         reg.stats.call_ended(call.session, outcome)
         reg.reaper.discard(cg)

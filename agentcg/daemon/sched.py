@@ -65,6 +65,7 @@ class SchedService:
         self._timer: asyncio.TimerHandle | None = None
         self._work: asyncio.Task[None] | None = None
         self._stopping = False
+        self._cgids: dict[str, int] = {}  # call id -> its cgroup id, from begin to finish
 
     # ------------------------------------------------------------ lifecycle
 
@@ -186,7 +187,7 @@ class SchedService:
         if not self._active() or not runs_on_ext(call.limits, self._session_cpu(call), self.sc):
             return
         try:
-            cgid = self.reg.call_cg(call).cgroup_id
+            cgid = self._cgids[call.id] = self.reg.call_cg(call).cgroup_id
             self.scheduler.set_call(cgid, call_sched(call.intent, self.reg.cfg))
         except (AgentcgError, CgroupError) as e:
             log.debug("call %s: no scheduler settings (%s)", call.id, e.message)
@@ -204,10 +205,11 @@ class SchedService:
 
     def finish(self, call: Call, cg: Cgroup) -> dict[str, int] | None:
         """The call's scheduler statistics (None if it had none), then forget it."""
+        known = self._cgids.pop(call.id, None)
         if not self._active():
             return None
         try:
-            cgid = cg.cgroup_id
+            cgid = cg.cgroup_id if known is None else known
             stats = self.scheduler.call_stats(cgid)
             self.scheduler.forget_call(cgid)
         except (AgentcgError, CgroupError) as e:
