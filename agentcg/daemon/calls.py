@@ -20,7 +20,7 @@ from agentcg.daemon.events import KernelEvents
 from agentcg.daemon.registry import CallRuntime, Connection, Registry
 from agentcg.daemon.sched import SchedService
 from agentcg.daemon.sessions import Sessions
-from agentcg.daemon.views import call_state, call_view
+from agentcg.daemon.views import call_view
 from agentcg.kernel.cgroup import CgroupError
 from agentcg.kernel.oomadj import set_oom_score_adj
 from agentcg.kernel.peer import Peer, PeerGone, is_descendant, move_pinned, pin_child, unpin
@@ -206,7 +206,7 @@ class Calls:
         if rt.orphan_timer:
             rt.orphan_timer.cancel()
             rt.orphan_timer = None
-        return {"call": call.id, "state": call_state(self.reg, call)}
+        return {"call": call.id, "state": self.reg.call_state(call)}
 
     # ------------------------------------------------------------ helpers
 

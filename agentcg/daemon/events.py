@@ -1,7 +1,7 @@
 """Kernel events for calls and sessions: inotify on a call's memory.events (OOM
 kills), turned into pushed events; and the memory trouble detector (memdetect.py)
 whose reports go to escalation. Whether a call's processes are all gone is read when
-it is shown (views.call_state), not watched: that would wake the daemon twice per call."""
+it is shown (Registry.call_state), not watched: that would wake the daemon twice per call."""
 
 from __future__ import annotations
 

@@ -118,14 +118,18 @@ class Registry:
         """The session's calls that are not condemned and may still run something: a
         running call whose processes are all gone (not ended yet) is left out."""
         calls = (self.calls.get(c) for c in sess.calls)
-        return [c for c in calls if c and c.live and (c.state != "running" or self.runs(c))]
+        return [c for c in calls if c and c.live and self.call_state(c) != "exited"]
 
-    def runs(self, call: Call) -> bool:
-        """Whether any process is left in the call's cgroup."""
+    def call_state(self, call: Call) -> str:
+        """The call's state, "exited" for a running call whose processes are all gone
+        (read from cgroupfs when asked: watching for it would wake the daemon twice
+        per call)."""
+        if call.state != "running":
+            return call.state
         try:
-            return self.call_cg(call).populated
+            return "running" if self.call_cg(call).populated else "exited"
         except (CgroupError, OSError):
-            return False  # its cgroup is gone
+            return "exited"  # its cgroup is gone
 
     def memory_current(self, call: Call) -> int:
         try:

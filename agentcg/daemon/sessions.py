@@ -15,7 +15,7 @@ from agentcg.daemon.ending import Ending
 from agentcg.daemon.events import KernelEvents
 from agentcg.daemon.layout import LEAF, host_memory
 from agentcg.daemon.registry import Connection, Registry
-from agentcg.daemon.views import call_state, session_view
+from agentcg.daemon.views import session_view
 from agentcg.kernel.cgroup import Cgroup, CgroupError
 from agentcg.kernel.peer import Peer, move_pinned
 from agentcg.kernel.process import start_ticks
@@ -73,7 +73,7 @@ class Sessions:
         for call_id in list(sess.calls):
             call = reg.calls.get(call_id)
             if call:
-                killed += call_state(reg, call) in ("pending", "running")
+                killed += reg.call_state(call) in ("pending", "running")
                 await self.ending.finish_if_live(call, reason)
         self._give_back(sess, scg.child("agent"))
         await reg.reaper.remove(scg, DRAIN_TIMEOUT_S)

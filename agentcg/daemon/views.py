@@ -11,11 +11,6 @@ from agentcg.daemon.registry import Registry
 from agentcg.kernel.cgroup import CgroupError
 
 
-def call_state(reg: Registry, call: Call) -> str:
-    """The call's state, "exited" for a running call whose processes are all gone."""
-    return "exited" if call.state == "running" and not reg.runs(call) else call.state
-
-
 def call_view(reg: Registry, call: Call) -> dict[str, Any]:
     usage: dict[str, Any] = {}
     with contextlib.suppress(CgroupError, OSError):
@@ -29,7 +24,7 @@ def call_view(reg: Registry, call: Call) -> dict[str, Any]:
         "call": call.id,
         "session": call.session,
         "label": call.intent.label,
-        "state": call_state(reg, call),
+        "state": reg.call_state(call),
         "started": call.started,
         "limits": call.limits.to_dict(),
         "usage": usage,
