@@ -123,7 +123,7 @@ class MemWatcher:
             ) from None
         bpf = load_bcc(SOURCE, "memwatch", defines)
         try:
-            bpf.attach_kprobe(event=MEMCG_EVENT_FUNC, fn_name=b"on_memcg_event")
+            bpf.attach_kprobe(event=MEMCG_EVENT_FUNC.encode(), fn_name=b"on_memcg_event")
         except Exception as e:  # bcc raises bare Exception when attaching fails
             bpf.cleanup()
             raise AgentcgError(
