@@ -132,7 +132,8 @@ class MemDetect:
     def _watch(self, key: tuple[str, str], cg: Cgroup, pressure: bool) -> None:
         try:
             cgroup_id = cg.cgroup_id
-            self._seen[key] = cg.read_keyed(EVENTS_FILE)
+            if self._bpf is None:  # the counts _on_poll compares against; BPF needs none
+                self._seen[key] = cg.read_keyed(EVENTS_FILE)
         except (CgroupError, OSError) as e:
             log.warning("cannot watch %s %s for memory trouble: %s", key[0], key[1], e)
             return
