@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     import signal
     from typing import Any
 
-    from agentcg.client.sdk import Gate
+    from agentcg.client.gate import Gate
+    from agentcg.client.sdk import ToolCall
 else:
     # The C module behind `signal`, without the enums signal.py builds at import (~1 ms).
     import _signal as signal
@@ -93,6 +94,17 @@ def _spawn(command: Sequence[str], gate: Gate, mask: Iterable[int]) -> int:
     return pid
 
 
+def _start(call: ToolCall, command: Sequence[str], mask: Iterable[int]) -> int:
+    """Spawn `command` in `call` (begun with the placement if it has not begun); the
+    child's pid. Raises the begin's refusal (nothing ran) or the exec's OSError."""
+    with call.gate(combined=True) as gate:
+        pid = _spawn(command, gate, mask)
+    if gate.refusal is not None:
+        os.waitpid(pid, 0)
+        raise gate.refusal
+    return pid
+
+
 def _wait(pid: int, waited: Iterable[int]) -> int:
     """Wait for the tool, forwarding the signals the wrapper gets; its returncode."""
     while True:
@@ -129,18 +141,25 @@ def run_tool(
                 os.execvp(command[0], list(command))
             except OSError as e:
                 return _cannot_run(command, e)
-        call = client.tool_call(session=session, wait_s=wait_s, **intent)
-        # Interruptible while it may wait for a slot (^C raises KeyboardInterrupt here).
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        # First without waiting: the child's frame begins the call and places it (one
+        # round trip); only a full session costs a second begin, which waits its turn.
+        call = client.tool_call(session=session, **intent)
         try:
-            call.begin()
-        finally:
-            signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-        try:
-            with call.gate() as gate:
-                pid = _spawn(command, gate, mask)
+            pid = _start(call, command, mask)
+        except AgentcgError as e:
+            if e.code != "limit_exceeded" or not wait_s or call._id:
+                raise
+            call = client.tool_call(session=session, wait_s=wait_s, **intent)
+            # Interruptible while it waits for a slot (^C raises KeyboardInterrupt here).
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            try:
+                call.begin()
+            finally:
+                signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+            pid = _start(call, command, mask)
         except OSError as e:
-            call.end(127 if e.errno == errno.ENOENT else 126)
+            if call._id:
+                call.end(127 if e.errno == errno.ENOENT else 126)
             return _cannot_run(command, e)
         status = _wait(pid, waited)
         try:

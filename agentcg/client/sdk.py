@@ -6,8 +6,9 @@
         print(call.outcome["peak_memory"], call.outcome["advice"])
 
 The tool process is placed into its cgroup by the daemon before it execs: the
-forked child sends call.attach with its own pid on its parent's connection and
-waits at a gate (see Gate); the daemon checks with the kernel that the pid is the
+forked child sends call.attach with its own pid on its parent's connection (or, for
+a call not begun yet, call.begin with that pid: one round trip for both) and waits
+at a gate (see Gate); the daemon checks with the kernel that the pid is the
 connected process's child and moves it. The agent never needs write access to
 cgroupfs, and popen()/run() take no preexec_fn of their own.
 
@@ -18,16 +19,13 @@ marked ``"recovered": True`` (exit status known, statistics lost).
 
 from __future__ import annotations
 
-import _socket
-import _thread
 import os
 import time
 from collections.abc import Sequence
-from select import POLLIN, poll
 
-from agentcg.client import wire
-from agentcg.client.connection import PROTOCOL_VERSION, RECONNECT_WINDOW_S, Connection
+from agentcg.client.connection import RECONNECT_WINDOW_S, Connection
 from agentcg.client.connection import socket_path as socket_path
+from agentcg.client.gate import Gate as Gate
 from agentcg.core.errors import AgentcgError
 
 # Annotations only (never evaluated): importing typing would slow `agentcg run`, and
@@ -36,8 +34,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
     from typing import Any
-
-_MAX_VERDICT = 4096  # one pipe write of at most PIPE_BUF arrives whole
 
 
 class Client(Connection):
@@ -84,29 +80,62 @@ class ToolCall:
         self.wait_s = wait_s
         self.events: list[dict[str, Any]] = []
         self.outcome: dict[str, Any] | None = None
-        self.id = ""
-        self.token = ""
-        self.info: dict[str, Any] = {}
+        self._id = ""
+        self._token = ""
+        self._info: dict[str, Any] = {}
         self._began_on = -1
 
-    def begin(self) -> ToolCall:
+    # Read before the call has begun (in a `with` block, before its first popen() or
+    # run()), these begin it, so the call has an id, token and cgroup as soon as asked.
+    @property
+    def id(self) -> str:
+        if not self._id:
+            self.begin()
+        return self._id
+
+    @property
+    def token(self) -> str:
+        if not self._id:
+            self.begin()
+        return self._token
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """call.begin's result: call, token, session, cgroup, limits."""
+        if not self._id:
+            self.begin()
+        return self._info
+
+    def begin_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"intent": self.intent}
         if self.session:
             args["session"] = self.session
         if self.wait_s:
             args["wait_s"] = self.wait_s
-        self.info = self.client._call("call.begin", args, self.wait_s)
-        self.id, self.token = self.info["call"], self.info["token"]
-        self._began_on = self.client._gen  # which connection (daemon instance) saw the begin
-        self.client._calls[self.id] = self
+        return args
+
+    def begin(self) -> ToolCall:
+        info = self.client._call("call.begin", self.begin_args(), self.wait_s)
+        self._began(info, self.client._gen)
         return self
 
-    def gate(self) -> Gate:
+    def _began(self, info: dict[str, Any], gen: int) -> None:
+        self._info = info
+        self._id, self._token = info["call"], info["token"]
+        self._began_on = gen  # which connection (daemon instance) saw the begin
+        self.client._calls[self._id] = self
+
+    def gate(self, combined: bool = False) -> Gate:
         """Hold a forked child before it execs the tool until the daemon has moved it
         into this call. In the parent: `with call.gate() as gate:` around the fork;
         pass `gate` as the child's preexec_fn (or call it in the child of a plain fork,
-        as `agentcg run` does). The child exits 126 if the daemon would not place it."""
-        return Gate(self)
+        as `agentcg run` does). The child exits 126 if the daemon would not place it.
+
+        A call that has not begun begins first; with `combined` (and no wait_s) the
+        child's frame begins it and attaches the child in one round trip instead: after
+        the fork, `gate.refusal` is the begin's error if there was one (the child then
+        exits 126 having run nothing)."""
+        return Gate(self, combined)
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """subprocess.Popen inside this call's cgroup. user=/group=/extra_groups= take
@@ -120,10 +149,12 @@ class ToolCall:
             )
         import subprocess
 
-        if not self.id:
-            self.begin()
-        with self.gate() as gate:
-            return subprocess.Popen(argv, preexec_fn=gate, **kwargs)
+        with self.gate(combined=True) as gate:
+            proc = subprocess.Popen(argv, preexec_fn=gate, **kwargs)
+        if gate.refusal is not None:
+            proc.wait()
+            raise gate.refusal
+        return proc
 
     def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         """Run a command inside this call's cgroup, wait, and end the call."""
@@ -141,7 +172,7 @@ class ToolCall:
     def end(self, exit_status: int | None = None) -> dict[str, Any]:
         if self.outcome is not None:
             return self.outcome
-        args: dict[str, Any] = {"call": self.id, "token": self.token}
+        args: dict[str, Any] = {"call": self.id, "token": self._token}
         if exit_status is not None:
             args["exit_status"] = exit_status
         deadline = time.monotonic() + RECONNECT_WINDOW_S
@@ -150,7 +181,7 @@ class ToolCall:
                 self.outcome = self.client.request("call.end", **args)
                 break
             except AgentcgError as e:
-                if e.code == "not_found" and self.token and self.client._gen != self._began_on:
+                if e.code == "not_found" and self._token and self.client._gen != self._began_on:
                     # Ours, but it finished while the daemon was down and the restarted
                     # daemon removed it: its statistics are gone, its status is not.
                     # (On the connection that began it, not_found means it really ended.)
@@ -160,144 +191,18 @@ class ToolCall:
                 if e.code != "unavailable" or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        self.client._calls.pop(self.id, None)
+        self.client._calls.pop(self._id, None)
         return self.outcome
 
     def __enter__(self) -> ToolCall:
-        return self.begin()
+        """With wait_s, begins here (waiting for a slot); else at the first popen() or
+        run(), together with placing the tool (one round trip less), or when id, token
+        or info is read."""
+        return self.begin() if self.wait_s else self
 
     def __exit__(self, *exc: object) -> None:
-        if self.outcome is None and self.id:
+        if self.outcome is None and self._id:
             self.end()
-
-
-class Gate:
-    """A forked child's wait between fork and exec while the daemon moves it.
-
-    The child sends `call.attach {pid: <its own pid>}` itself, on its parent's
-    connection (one frame, made in the parent but for the pid), and waits on a pipe.
-    The daemon sees the parent as the sender (SO_PEERCRED) and checks with the kernel
-    that the pid is the parent's child. The parent's reader thread gets the answer and
-    writes b"1" (exec) or b"0" and the reason (the child prints it and exits 126,
-    running nothing) into the pipe. From entering the gate until leaving it the parent
-    holds the connection's send lock: the child's frame is the only one on the socket,
-    other threads' requests on this Client wait, and none may be made from inside the
-    `with` block.
-
-    The child connects on its own and attaches itself instead, the daemon taking its
-    pid from SO_PEERCRED, when another request is pending on the parent's connection
-    (the daemon answers a connection's requests in order, and one may wait long, e.g.
-    a call.begin for a slot), and when the parent is in a pid namespace of its own (a
-    container): it does not know its child's pid as the daemon sees it. Between fork
-    and exec the child only writes, waits (poll, up to the client's timeout) and
-    reads. Every socket is close-on-exec: the tool never holds one.
-    """
-
-    def __init__(self, call: ToolCall) -> None:
-        client = call.client
-        self.client = client
-        self.failure = (
-            f"agentcg: could not place the tool in its cgroup (call.attach {call.id} "
-            f"via {client.path}); not running it\n"
-        ).encode(errors="replace")
-        self._timeout_ms = int(client.timeout * 1000)
-        self._rid = next(client._ids)
-        args = {"call": call.id, "token": call.token}
-        frame = wire.dumps(
-            {"v": PROTOCOL_VERSION, "id": self._rid, "op": "call.attach", "args": args}
-        )
-        # By pid the frame ends '..., "pid": <pid>}}\n'; the child adds its pid.
-        by_pid = (client.server.get("peer") or {}).get("pid") == os.getpid()
-        self._head = (frame[:-2] + ', "pid": ').encode() if by_pid else b""
-        self._frame = frame.encode() + b"\n"
-        self._sock: _socket.socket | None = None
-        self._lent = False
-        self._lock = _thread.allocate_lock()  # put() against closing the pipe
-        self._closed = False
-        self._go_r, self._go_w = os.pipe()
-        self._poll = poll()
-        self._poll.register(self._go_r, POLLIN)
-
-    def __enter__(self) -> Gate:
-        try:
-            if self._head:
-                self._sock = self.client._lend(self._rid, self)
-                self._lent = self._sock is not None
-                if not self._lent:
-                    self._head = b""  # another request is pending: attach on our own
-            if not self._lent:
-                self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-                self._sock.settimeout(self._timeout_ms / 1000)
-        except BaseException:
-            self._close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._lent:
-            self.client._unlend(self._rid)
-        self._close()
-
-    def put(self, msg: dict[str, Any] | None) -> None:
-        """From the parent's reader thread: the daemon's answer, or None when it will
-        never come. Only the first counts, and none once the gate is closed."""
-        if msg is not None and msg.get("ok"):
-            verdict = b"1"
-        else:
-            error = (msg or {}).get("error") or {}
-            reason = error.get("message", "the daemon closed the connection")
-            code = error.get("code", "unavailable")
-            verdict = f"0{code}: {reason}\n".encode(errors="replace")[:_MAX_VERDICT]
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True  # answered: a later put() writes nothing
-            os.write(self._go_w, verdict)  # at most PIPE_BUF into an empty pipe
-
-    def __call__(self) -> None:
-        """In the child: send the attach, wait for the verdict, exit 126 unless placed."""
-        verdict = b""
-        try:
-            os.close(self._go_w)  # the parent's copy only: EOF if it gives up
-            sock = self._sock
-            assert sock is not None
-            if self._head:
-                frame = memoryview(self._head + b"%d}}\n" % os.getpid())
-                while frame:  # MSG_NOSIGNAL: SIGPIPE is at its default here
-                    frame = frame[sock.send(frame, _socket.MSG_NOSIGNAL) :]
-                if self._poll.poll(self._timeout_ms):
-                    verdict = os.read(self._go_r, _MAX_VERDICT)
-            else:
-                verdict = _self_attach(sock, self.client.path, self._frame)
-        except BaseException:  # anything: the child must exit 126, not run unattached
-            pass
-        if verdict == b"1":
-            return
-        try:
-            os.write(2, self.failure + verdict[1:])
-        finally:
-            os._exit(126)
-
-    def _close(self) -> None:
-        with self._lock:
-            self._closed = True
-            os.close(self._go_r)
-            os.close(self._go_w)
-        if self._sock is not None and not self._lent:
-            self._sock.close()
-
-
-def _self_attach(sock: _socket.socket, path: str, frame: bytes) -> bytes:
-    """In the child: attach on a connection of its own; b"1", or b"0" and the reply."""
-    sock.connect(path)
-    sock.sendall(frame, _socket.MSG_NOSIGNAL)
-    reply = b""
-    while b"\n" not in reply and len(reply) < _MAX_VERDICT:
-        got = sock.recv(_MAX_VERDICT)
-        if not got:
-            break
-        reply += got
-    return b"1" if b'"ok":true' in reply else b"0" + reply  # the daemon's compact JSON
 
 
 def recovered_outcome(call: ToolCall, exit_status: int | None) -> dict[str, Any]:

@@ -165,6 +165,7 @@ OPS: Mapping[str, OpSpec] = {
         session=_opt(_session),
         intent=_req(_object),
         wait_s=_opt(lambda what, v: check_number(what, v, 0.0, MAX_WAIT_S, lo_open=False)),
+        pid=_opt(_int(1, MAX_PID)),  # a waiting child to attach at once (as call.attach)
     ),
     "call.attach": _spec(call=_req(_call_id), token=_req(_token), pid=_opt(_int(1, MAX_PID))),
     "call.end": _spec(

@@ -46,8 +46,18 @@ class Calls:
     # ------------------------------------------------------------ ops
 
     async def begin(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        """Begin a call; with `pid`, also attach that waiting child to it (one round
+        trip instead of two; as call.attach with pid). The call begins even if the
+        attach is refused: the result then carries `attach_error`."""
         reg, peer = self.reg, conn.peer
         intent = parse_intent(args["intent"], reg.cfg)  # before any side effect
+        pid = args.get("pid")
+        if pid is not None and args.get("wait_s"):
+            raise AgentcgError(
+                "invalid_value",
+                "call.begin takes pid (attach at once) or wait_s (wait for a slot), not "
+                "both; begin with wait_s, then send call.attach",
+            )
         where = reg.locate(peer)
         if where.call:
             raise AgentcgError(
@@ -119,22 +129,31 @@ class Calls:
         reg.stats.call_started(sess.name)
         self._arm_timeout(call)
         reg.state.put("calls", call.id, call.record())
-        return {
+        result: dict[str, Any] = {
             "call": call.id,
             "token": call.token,
             "session": sess.name,
             "cgroup": str(ccg.path),
             "limits": limits.to_dict(),
         }
+        if pid is not None:
+            try:
+                self._attach_child(peer, call, pid)
+                result["attached"] = True
+            except AgentcgError as e:
+                result["attach_error"] = e.to_dict()
+        return result
 
     async def attach(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
         """The tool process, before exec, is placed into its call's cgroup: the peer
         itself, or (`pid`) the peer's child waiting on it, checked as if it had asked."""
         pid = args.get("pid")
         if pid is None:
-            return self._attach(conn.peer, args)
-        asker = conn.peer
-        self.owned(asker, args["call"], args["token"])
+            return self._attach(conn.peer, self._lookup(args["call"], args["token"]))
+        call = self.owned(conn.peer, args["call"], args["token"])
+        return self._attach_child(conn.peer, call, pid)
+
+    def _attach_child(self, asker: Peer, call: Call, pid: int) -> dict[str, Any]:
         try:
             child = pin_child(asker, pid)
         except PeerGone as e:
@@ -147,12 +166,16 @@ class Calls:
                     f"pid {pid} runs as uid {child.uid} gid {child.gid}, not as you; "
                     "only children with your own ids can be attached by pid",
                 )
-            return self._attach(child, args)
+            return self._attach(child, call)
         finally:
             unpin(child)
 
-    def _attach(self, peer: Peer, args: dict[str, Any]) -> dict[str, Any]:
-        call = self.owned(peer, args["call"], args["token"])
+    def _attach(self, peer: Peer, call: Call) -> dict[str, Any]:
+        """`peer` (the asker itself, or its pinned child) into `call`, checked as if it
+        had asked: ownership, ancestry, where it runs."""
+        sess = self.reg.sessions.get(call.session)
+        where = self.reg.locate(peer)
+        authz.authorize_call(peer, where, lambda: self.reg.is_admin(peer), call, sess)
         if not is_descendant(peer.pid, call.owner_pid):
             raise AgentcgError(
                 "unauthorized",
@@ -161,12 +184,10 @@ class Calls:
             )
         if call.state == "ended":
             raise AgentcgError("conflict", f"call {call.id} is ending; begin a new call")
-        where = self.reg.locate(peer)
         if where.call and where.call != call.id:
             raise AgentcgError(
                 "unauthorized", f"pid {peer.pid} belongs to call {where.call}; it cannot move"
             )
-        sess = self.reg.sessions.get(call.session)
         if sess is None or (sess.home != where.home and not self.reg.is_admin(peer)):
             raise AgentcgError(
                 "unauthorized",
@@ -210,12 +231,16 @@ class Calls:
 
     # ------------------------------------------------------------ helpers
 
-    def owned(self, peer: Peer, call_id: str, token: str | None) -> Call:
+    def _lookup(self, call_id: str, token: str | None) -> Call:
         call = self.reg.calls.get(call_id)
         if call is None:
             raise AgentcgError("not_found", f"no running call {call_id!r}: it ended or never began")
         if token is not None and not secrets.compare_digest(token, call.token):
             raise AgentcgError("unauthorized", f"wrong token for call {call_id!r}")
+        return call
+
+    def owned(self, peer: Peer, call_id: str, token: str | None) -> Call:
+        call = self._lookup(call_id, token)
         sess = self.reg.sessions.get(call.session)
         authz.authorize_call(
             peer, self.reg.locate(peer), lambda: self.reg.is_admin(peer), call, sess

@@ -1,7 +1,8 @@
 """An in-process fake agentcg daemon speaking NDJSON (docs/protocol.md), for the client
 SDK and `agentcg run` tests.
 
-No root and no cgroups: it answers hello, call.begin/claim/end/attach and a few
+No root and no cgroups: it answers hello, call.begin (with pid: and attach)/claim/end/
+attach and a few
 test-only ops, and records what it received, on which connection, and the
 SO_PEERCRED pid of attach connections.
 """
@@ -42,7 +43,10 @@ class FakeDaemon:
         self.attach_mode = "answer"  # or "hold" (never answer), "drop" (close the connection)
         self.refuse_all = False  # behave like a daemon at max_connections
         self.echo_batch = 1  # answer echo requests in reversed batches of this size
-        self.begin_events: list[dict[str, Any]] = []  # pushed before each call.begin's answer
+        self.begin_refusal: AgentcgError | None = None  # every call.begin fails with it
+        # A full session: a begin without wait_s fails with limit_exceeded; one with
+        # wait_s gets this "waiting" message in an event, then its slot.
+        self.full_session: str | None = None
         self.conns: list[socket.socket] = []
         self._stop = False
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -111,12 +115,28 @@ class FakeDaemon:
             pid = struct.unpack("3i", creds)[0] + self.peer_pid_shift  # shifted: "a pid ns"
             return ok(rid, {"version": 1, "server": "fake", "peer": {"pid": pid}})
         if op == "call.begin":
-            for event in self.begin_events:
-                conn.sendall(encode(event))
+            if self.begin_refusal is not None:
+                return err(rid, self.begin_refusal)
+            if self.full_session is not None:
+                if not args.get("wait_s"):
+                    return err(rid, AgentcgError("limit_exceeded", "session 's' is full"))
+                data = {"position": 1, "message": self.full_session}
+                conn.sendall(encode({"event": "waiting", "call": None, "data": data}))
             cid, token = "c" + secrets.token_hex(6), secrets.token_hex(16)
             self.calls[cid] = token
             limits = {"memory_high": 1 << 30}
-            return ok(rid, {"call": cid, "token": token, "session": "s", "limits": limits})
+            result = {"call": cid, "token": token, "session": "s", "limits": limits}
+            if "pid" not in args:
+                return ok(rid, result)
+            # Begun with a waiting child to attach in the same round trip.
+            failed = self._attach(conn, args["pid"])
+            if failed in ("hold", "drop"):
+                return {} if failed == "hold" else None
+            if failed is not None:
+                result["attach_error"] = failed.to_dict()
+            else:
+                result["attached"] = True
+            return ok(rid, result)
         if op == "call.claim":
             if args["call"] not in self.calls:
                 return err(rid, AgentcgError("not_found", "no such call"))
@@ -130,19 +150,11 @@ class FakeDaemon:
             )
             return ok(rid, out.to_dict())
         if op == "call.attach":
-            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            peer = struct.unpack("3i", creds)[0]
-            pid = args.get("pid", peer)
-            if pid != peer and _parent_of(pid) != peer:
-                return err(rid, AgentcgError("unauthorized", f"pid {pid} is not your child"))
-            self.attach_pids.append(pid)
-            if self.attach_mode == "hold":
-                return {}  # never answered
-            if self.attach_mode == "drop":
-                conn.close()  # the daemon goes away mid-attach
-                return None
-            if not self.attach_ok:
-                return err(rid, AgentcgError("unauthorized", "pid is not a descendant"))
+            failed = self._attach(conn, args.get("pid"))
+            if failed in ("hold", "drop"):
+                return {} if failed == "hold" else None
+            if failed is not None:
+                return err(rid, failed)
             return ok(rid, {"call": args["call"], "cgroup": "/fake"})
         if op == "hold":
             return {}  # never answered
@@ -152,6 +164,23 @@ class FakeDaemon:
             conn.close()
             return None
         return err(rid, AgentcgError("unknown_op", op))
+
+    def _attach(self, conn: socket.socket, pid: int | None) -> AgentcgError | str | None:
+        """None (attached), the error, or "hold" (never answer) / "drop" (close)."""
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        peer = struct.unpack("3i", creds)[0]
+        pid = peer if pid is None else pid
+        if pid != peer and _parent_of(pid) != peer:
+            return AgentcgError("unauthorized", f"pid {pid} is not your child")
+        self.attach_pids.append(pid)
+        if self.attach_mode == "hold":
+            return "hold"
+        if self.attach_mode == "drop":
+            conn.close()  # the daemon goes away mid-attach
+            return "drop"
+        if not self.attach_ok:
+            return AgentcgError("unauthorized", "pid is not a descendant")
+        return None
 
     def stop(self) -> None:
         self._stop = True

@@ -112,8 +112,56 @@ def test_end_not_found_without_a_restart_stays_an_error(daemon: FakeDaemon, clie
     assert ei.value.code == "not_found" and call.outcome is None
 
 
-def test_popen_has_its_waiting_child_attached_by_pid(daemon: FakeDaemon, client: Client):
+def test_popen_begins_and_attaches_its_waiting_child_in_one_request(
+    daemon: FakeDaemon, client: Client
+):
     with client.tool_call(label="true") as call:
+        assert not daemon.ops("call.begin")  # a `with` block begins at the first popen
+        proc = call.popen(["/bin/true"])
+        assert proc.wait(5) == 0
+    assert daemon.attach_pids == [proc.pid] and not daemon.ops("call.attach")
+    [(conn_no, begin)] = [(n, m) for n, m in daemon.received if m["op"] == "call.begin"]
+    assert conn_no == 1 and begin["args"] == {"intent": {"label": "true"}, "pid": proc.pid}
+    assert call._id in daemon.ops("call.end")[0]["args"]["call"]
+    assert call.outcome is not None and call.outcome["exit_status"] == 0
+    assert client._calls == {} and client._waiting == {}
+
+
+def test_reading_the_id_begins_the_call_and_popen_then_attaches(daemon: FakeDaemon, client: Client):
+    with client.tool_call(label="true") as call:
+        began = call.id
+        assert [m["args"] for m in daemon.ops("call.begin")] == [{"intent": {"label": "true"}}]
+        proc = call.popen(["/bin/true"])
+        assert proc.wait(5) == 0
+    assert call.id == began and len(daemon.ops("call.begin")) == 1
+    [attach] = daemon.ops("call.attach")
+    assert attach["args"] == {"call": began, "token": call.token, "pid": proc.pid}
+
+
+def test_a_refused_combined_begin_raises_and_runs_nothing(
+    daemon: FakeDaemon, client: Client, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+):
+    daemon.begin_refusal = AgentcgError("limit_exceeded", "session 's' is full")
+    ran = tmp_path / "ran"
+    with client.tool_call() as call, pytest.raises(AgentcgError) as ei:
+        call.popen(["/bin/touch", str(ran)])
+    assert ei.value.code == "limit_exceeded" and "is full" in ei.value.message
+    assert not ran.exists() and call._id == "" and call.outcome is None
+    assert "could not place" not in capfd.readouterr().err  # the child exits quietly
+    assert not daemon.ops("call.end") and client._waiting == {}
+    daemon.begin_refusal = None
+    assert client.tool_call().run(["/bin/true"]).returncode == 0  # the connection still works
+
+
+def test_a_combined_begin_without_an_answer_raises(daemon: FakeDaemon, sock_path: Path):
+    daemon.attach_mode = "drop"  # the daemon goes away between begin and its answer
+    with Client(str(sock_path), timeout=1) as c, pytest.raises(AgentcgError) as ei:
+        c.tool_call().popen([sys.executable, "-c", "print('ran')"], stdout=subprocess.PIPE)
+    assert ei.value.code == "unavailable" and "nothing ran" in ei.value.message
+
+
+def test_popen_has_its_waiting_child_attached_by_pid(daemon: FakeDaemon, client: Client):
+    with client.tool_call(label="true").begin() as call:
         proc = call.popen(["/bin/true"])
         assert proc.wait(5) == 0
         call.end(proc.returncode)

@@ -134,16 +134,28 @@ def test_a_waiting_begin_says_so_once_and_json_gives_the_outcome(
     daemon: FakeDaemon, sock_path: Path
 ):
     message = "session 's' already runs 1 tool calls (its max_calls); waiting"
-    daemon.begin_events = [
-        {"event": "waiting", "call": None, "data": {"position": 1, "message": message}}
-    ]
+    daemon.full_session = message
     done = run(sock_path, "--wait", "5", "--json", "--", "true")
     assert (done.returncode, done.stdout) == (0, "")
     waiting, outcome = done.stderr.splitlines()
     assert waiting == f"agentcg: {message}"
     assert json.loads(outcome)["exit_status"] == 0
-    [begin] = daemon.ops("call.begin")
-    assert begin["args"]["wait_s"] == 5.0
+    # First with its child's pid and no wait (refused: full), then waiting its turn.
+    first, second = daemon.ops("call.begin")
+    assert "wait_s" not in first["args"] and first["args"]["pid"] > 0
+    assert second["args"]["wait_s"] == 5.0 and "pid" not in second["args"]
+    assert [m["op"] for m in daemon.ops("call.attach")] == ["call.attach"]
+
+
+def test_a_full_session_without_wait_fails_at_once_running_nothing(
+    daemon: FakeDaemon, sock_path: Path, tmp_path: Path
+):
+    daemon.full_session = "never shown"
+    ran = tmp_path / "ran"
+    done = run(sock_path, "--wait", "0", "--", "touch", str(ran))
+    assert done.returncode == 1 and not ran.exists()
+    assert done.stderr.strip() == "Error: session 's' is full"
+    assert len(daemon.ops("call.begin")) == 1 and not daemon.ops("call.attach")
 
 
 def test_no_daemon_is_one_line_and_status_1(sock_path: Path):

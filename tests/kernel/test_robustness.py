@@ -791,6 +791,45 @@ def test_attach_by_pid_takes_only_the_askers_own_waiting_child(daemon: RunningDa
     assert_serves(daemon)
 
 
+def test_begin_with_a_pid_begins_and_attaches_in_one_request(daemon: RunningDaemon) -> None:
+    # call.begin {pid}: what the SDK sends for a call's first process. The attach is
+    # checked as call.attach's; refused, the call has begun all the same and says why.
+    with Raw(daemon) as r:
+        r.ok("hello", version=1)
+        own, own_release = _held_child()
+        other, other_release = _held_child(grandchild=True)
+        try:
+            both = r.request("call.begin", intent={"label": "x"}, pid=own, wait_s=1)
+            assert not both["ok"] and both["error"]["code"] == "invalid_value", both
+            assert daemon.tool_cgroups() == []  # refused before anything began
+            began = r.ok("call.begin", intent={"label": "begin-pid"}, pid=own)
+            assert began["attached"] is True and "attach_error" not in began
+            assert Path(began["cgroup"], "cgroup.procs").read_text().split() == [str(own)]
+            refused = r.ok("call.begin", intent={"label": "begin-pid"}, pid=other)
+            error = refused["attach_error"]
+            assert error["code"] == "unauthorized" and "not a child of" in error["message"]
+            assert "attached" not in refused
+            assert Path(refused["cgroup"], "cgroup.procs").read_text().split() == []
+            out = r.ok("call.end", call=refused["call"], token=refused["token"], exit_status=126)
+            assert out["exit_status"] == 126
+            os.write(own_release, b"x")  # released: it execs inside the call
+            wait_until(
+                lambda: b"sleep" in Path(f"/proc/{own}/cmdline").read_bytes(),
+                what="the tool to exec",
+            )
+            assert began["call"] in Path(f"/proc/{own}/cgroup").read_text()
+            out = r.ok("call.end", call=began["call"], token=began["token"], exit_status=0)
+            assert out["killed_reason"] is None
+        finally:
+            os.close(own_release)
+            os.close(other_release)  # the grandchild, still held, exits 126
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(own, signal.SIGKILL)
+            os.waitpid(own, 0)
+    assert daemon.tool_cgroups() == []
+    assert_serves(daemon)
+
+
 def test_attach_by_pid_refuses_a_child_with_other_ids_than_its_agent(daemon: RunningDaemon) -> None:
     # A non-admin agent's root child (as a setuid helper it started would be) is not
     # the agent's to move. Here the asker forks it as root, then becomes nobody; its
