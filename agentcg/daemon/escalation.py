@@ -125,7 +125,11 @@ class Escalation:
         sess = self.reg.sessions.get(name)
         if sess is None:
             return
-        calls = self.reg.live_calls(sess)
+        # At rest with the exited calls counted is at rest without them (at_rest holds
+        # for any subset): only when it is not does each call's cgroup.events get read.
+        calls = self.reg.live_calls(sess, exited=True)
+        if not self._at_rest(name, calls):
+            calls = self.reg.live_calls(sess)
         if self._at_rest(name, calls):
             self._interval.pop(name, None)
             return  # nothing to decide: no memory.current to read (each begin and end)

@@ -114,11 +114,12 @@ class Registry:
         rt = self.runtime.get(call.id)
         return rt.conn if rt else None
 
-    def live_calls(self, sess: Session) -> list[Call]:
+    def live_calls(self, sess: Session, exited: bool = False) -> list[Call]:
         """The session's calls that are not condemned and may still run something: a
-        running call whose processes are all gone (not ended yet) is left out."""
+        running call whose processes are all gone (not ended yet) is left out, unless
+        `exited` (no cgroupfs read: a superset)."""
         calls = (self.calls.get(c) for c in sess.calls)
-        return [c for c in calls if c and c.live and self.call_state(c) != "exited"]
+        return [c for c in calls if c and c.live and (exited or self.call_state(c) != "exited")]
 
     def call_state(self, call: Call) -> str:
         """The call's state, "exited" for a running call whose processes are all gone

@@ -392,6 +392,30 @@ def test_at_rest_only_when_decide_has_nothing_to_do_whatever_the_usage():
     assert seen[True] > 100 and seen[False] > 100  # both sides exercised
 
 
+def test_at_rest_holds_for_every_subset_of_calls_at_rest():
+    # The daemon asks first with exited calls counted (no cgroupfs read) and skips the
+    # session when that is at rest: it must then be at rest without them too.
+    import itertools
+    import random
+
+    rng = random.Random(11)
+    highs = [None, 64 * MiB, 128 * MiB]
+    rested = 0
+    for _ in range(2000):
+        looks = []
+        for _ in range(rng.randint(0, 4)):
+            high = rng.choice(highs)
+            own = rng.choice([high, high, *highs])
+            looks.append((rng.choice([LOW, HIGH]), rng.random() < 0.1, high, own))
+        if not at_rest(looks, T):
+            continue
+        rested += 1
+        for n in range(len(looks)):
+            for subset in itertools.combinations(looks, n):
+                assert at_rest(list(subset), T), (looks, subset)
+    assert rested > 100
+
+
 def test_not_at_rest_with_two_ranks_a_frozen_or_throttled_call_or_growth_reserve():
     assert at_rest([], T)
     assert at_rest([(HIGH, False, 64 * MiB, 64 * MiB), (HIGH, False, None, None)], T)
