@@ -40,13 +40,15 @@ class Ending:
         # (the kernel unlinks a dead task at its last context switch, after its parent's
         # wait returned), and the drain finds it empty instead of killing and waiting.
         outcome = read_outcome(call, cg, exit_status)
-        # Whatever the tool left running in the background ends with the call; a task
-        # that cannot die yet (uninterruptible sleep) delays only this reply, and its
-        # cgroup is removed in the background once it is gone.
-        await reg.reaper.drain(cg, DRAIN_TIMEOUT_S)
         outcome.sched = self.sched.finish(call, cg)
+        # Empty by now, it goes at once (one rmdir). Else whatever the tool left running
+        # in the background ends with the call; a task that cannot die yet
+        # (uninterruptible sleep) delays only this reply, and its cgroup is removed in
+        # the background once it is gone.
+        if not reg.reaper.remove_if_empty(cg):
+            await reg.reaper.drain(cg, DRAIN_TIMEOUT_S)
+            reg.reaper.discard(cg)
         reg.stats.call_ended(call.session, outcome)
-        reg.reaper.discard(cg)
         reg.calls.pop(call.id, None)
         sess = reg.sessions.get(call.session)
         if sess:

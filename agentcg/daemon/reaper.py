@@ -49,6 +49,10 @@ class Reaper:
         await self.drain(cg, timeout)
         self.discard(cg)
 
+    def remove_if_empty(self, cg: Cgroup) -> bool:
+        """Remove a subtree now if nothing runs in it (no kill, no wait); False if busy."""
+        return self._rmdir_tree(cg)
+
     def discard(self, cg: Cgroup) -> None:
         """Remove a (drained) subtree now if it can go, else in the background."""
         if not self._rmdir_tree(cg):
