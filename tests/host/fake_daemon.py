@@ -99,7 +99,10 @@ class FakeDaemon:
                             conn.sendall(encode(ok(m["id"], {"n": m["args"]["n"]})))
                         pending.clear()
                     continue
-                reply = self._handle(conn, msg)
+                try:
+                    reply = self._handle(conn, msg)
+                except OSError:
+                    return  # stop() closed the connection under it
                 if reply is None:
                     return
                 if reply:
