@@ -147,7 +147,7 @@ def run_tool(
         try:
             pid = _start(call, command, mask)
         except AgentcgError as e:
-            if e.code != "limit_exceeded" or not wait_s or call._id:
+            if e.code != "limit_exceeded" or not wait_s or call.began:
                 raise
             call = client.tool_call(session=session, wait_s=wait_s, **intent)
             # Interruptible while it waits for a slot (^C raises KeyboardInterrupt here).
@@ -158,7 +158,7 @@ def run_tool(
                 signal.pthread_sigmask(signal.SIG_BLOCK, waited)
             pid = _start(call, command, mask)
         except OSError as e:
-            if call._id:
+            if call.began:
                 call.end(127 if e.errno == errno.ENOENT else 126)
             return _cannot_run(command, e)
         status = _wait(pid, waited)

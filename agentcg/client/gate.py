@@ -65,6 +65,7 @@ class Gate:
         self.failure = b""
         self._sock: _socket.socket | None = None
         self._lent = False
+        self._begins = False  # holds call._begin_lock until __exit__
         self._lock = _thread.allocate_lock()  # put() against closing the pipe
         self._closed = False
         self._go_r, self._go_w = os.pipe()
@@ -73,6 +74,9 @@ class Gate:
 
     def __enter__(self) -> Gate:
         call, client = self.call, self.client
+        if not call._id:
+            call._begin_lock.acquire()  # another thread's gate may be beginning it
+            self._begins = True
         try:
             # By pid the frame ends '..., "pid": <pid>}}\n'; the child adds its pid.
             by_pid = (client.server.get("peer") or {}).get("pid") == os.getpid()
@@ -106,6 +110,7 @@ class Gate:
             if self._lent:
                 self.client._unlend(self._rid)
             self._close()
+            self._unlock()
             raise
         return self
 
@@ -113,12 +118,18 @@ class Gate:
         if self._lent:
             self.client._unlend(self._rid)
         self._close()
+        self._unlock()
         if self._beginning and not self.call._id and self.refusal is None:
             self.refusal = AgentcgError(
                 "unavailable",
                 f"no answer to call.begin from the daemon at {self.client.path}; "
                 "nothing ran: retry",
             )
+
+    def _unlock(self) -> None:
+        if self._begins:
+            self._begins = False
+            self.call._begin_lock.release()
 
     def put(self, msg: dict[str, Any] | None) -> None:
         """From the parent's reader thread: the daemon's answer, or None when it will

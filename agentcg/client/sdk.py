@@ -19,6 +19,7 @@ marked ``"recovered": True`` (exit status known, statistics lost).
 
 from __future__ import annotations
 
+import _thread
 import os
 import time
 from collections.abc import Sequence
@@ -84,27 +85,38 @@ class ToolCall:
         self._token = ""
         self._info: dict[str, Any] = {}
         self._began_on = -1
+        # Held while a thread begins the call on its own or in a gate, so threads that
+        # run processes in one call not begun yet begin it once.
+        self._begin_lock = _thread.allocate_lock()
 
     # Read before the call has begun (in a `with` block, before its first popen() or
     # run()), these begin it, so the call has an id, token and cgroup as soon as asked.
     @property
     def id(self) -> str:
-        if not self._id:
-            self.begin()
+        self._begun()
         return self._id
 
     @property
     def token(self) -> str:
-        if not self._id:
-            self.begin()
+        self._begun()
         return self._token
 
     @property
     def info(self) -> dict[str, Any]:
         """call.begin's result: call, token, session, cgroup, limits."""
-        if not self._id:
-            self.begin()
+        self._begun()
         return self._info
+
+    @property
+    def began(self) -> bool:
+        """Whether the call has begun (without beginning it)."""
+        return bool(self._id)
+
+    def _begun(self) -> None:
+        if not self._id:
+            with self._begin_lock:
+                if not self._id:
+                    self.begin()
 
     def begin_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"intent": self.intent}

@@ -138,6 +138,26 @@ def test_reading_the_id_begins_the_call_and_popen_then_attaches(daemon: FakeDaem
     assert attach["args"] == {"call": began, "token": call.token, "pid": proc.pid}
 
 
+def test_threads_running_processes_in_a_call_not_begun_yet_begin_it_once(
+    daemon: FakeDaemon, client: Client
+):
+    procs: list[subprocess.Popen[bytes]] = []
+    with client.tool_call(label="true") as call:
+        threads = [
+            threading.Thread(target=lambda: procs.append(call.popen(["/bin/true"])))
+            for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert [p.wait(5) for p in procs] == [0, 0, 0, 0]
+        assert call.began
+    assert len(daemon.ops("call.begin")) == 1 and len(daemon.ops("call.attach")) == 3
+    assert sorted(daemon.attach_pids) == sorted(p.pid for p in procs)
+    assert len(daemon.ops("call.end")) == 1 and client._calls == {}
+
+
 def test_a_refused_combined_begin_raises_and_runs_nothing(
     daemon: FakeDaemon, client: Client, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ):
