@@ -173,9 +173,7 @@ class Calls:
     def _attach(self, peer: Peer, call: Call) -> dict[str, Any]:
         """`peer` (the asker itself, or its pinned child) into `call`, checked as if it
         had asked: ownership, ancestry, where it runs."""
-        sess = self.reg.sessions.get(call.session)
-        where = self.reg.locate(peer)
-        authz.authorize_call(peer, where, lambda: self.reg.is_admin(peer), call, sess)
+        sess, where = self._authorize(peer, call)
         if not is_descendant(peer.pid, call.owner_pid):
             raise AgentcgError(
                 "unauthorized",
@@ -241,11 +239,15 @@ class Calls:
 
     def owned(self, peer: Peer, call_id: str, token: str | None) -> Call:
         call = self._lookup(call_id, token)
-        sess = self.reg.sessions.get(call.session)
-        authz.authorize_call(
-            peer, self.reg.locate(peer), lambda: self.reg.is_admin(peer), call, sess
-        )
+        self._authorize(peer, call)
         return call
+
+    def _authorize(self, peer: Peer, call: Call) -> tuple[Session | None, authz.Location]:
+        """May `peer` act on `call`? Its session and the peer's location, for further checks."""
+        sess = self.reg.sessions.get(call.session)
+        where = self.reg.locate(peer)
+        authz.authorize_call(peer, where, lambda: self.reg.is_admin(peer), call, sess)
+        return sess, where
 
     def _arm_timeout(self, call: Call) -> None:
         if call.limits.timeout_s:
