@@ -45,9 +45,7 @@ class Ending:
         # in the background ends with the call; a task that cannot die yet
         # (uninterruptible sleep) delays only this reply, and its cgroup is removed in
         # the background once it is gone.
-        if not reg.reaper.remove_if_empty(cg):
-            await reg.reaper.drain(cg, DRAIN_TIMEOUT_S)
-            reg.reaper.discard(cg)
+        await reg.reaper.remove(cg, DRAIN_TIMEOUT_S)
         reg.stats.call_ended(call.session, outcome)
         reg.calls.pop(call.id, None)
         sess = reg.sessions.get(call.session)

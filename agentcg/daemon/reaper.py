@@ -45,13 +45,12 @@ class Reaper:
         return await self._wait_empty(cg, timeout)
 
     async def remove(self, cg: Cgroup, timeout: float) -> None:
-        """Drain and remove a subtree; if it cannot go yet it is left to the background."""
+        """Remove a subtree: at once if nothing runs in it (no kill, no wait), else
+        drain it first; if it cannot go yet it is left to the background."""
+        if self._rmdir_tree(cg):
+            return
         await self.drain(cg, timeout)
         self.discard(cg)
-
-    def remove_if_empty(self, cg: Cgroup) -> bool:
-        """Remove a subtree now if nothing runs in it (no kill, no wait); False if busy."""
-        return self._rmdir_tree(cg)
 
     def discard(self, cg: Cgroup) -> None:
         """Remove a (drained) subtree now if it can go, else in the background."""
