@@ -65,7 +65,7 @@ class Gate:
         self.failure = b""
         self._sock: _socket.socket | None = None
         self._lent = False
-        self._begins = False  # holds call._begin_lock until __exit__
+        self._holds_begin_lock = False  # holds call._begin_lock until __exit__
         self._lock = _thread.allocate_lock()  # put() against closing the pipe
         self._closed = False
         self._go_r, self._go_w = os.pipe()
@@ -76,7 +76,7 @@ class Gate:
         call, client = self.call, self.client
         if not call._id:
             call._begin_lock.acquire()  # another thread's gate may be beginning it
-            self._begins = True
+            self._holds_begin_lock = True
         try:
             # By pid the frame ends '..., "pid": <pid>}}\n'; the child adds its pid.
             by_pid = (client.server.get("peer") or {}).get("pid") == os.getpid()
@@ -127,8 +127,8 @@ class Gate:
             )
 
     def _unlock(self) -> None:
-        if self._begins:
-            self._begins = False
+        if self._holds_begin_lock:
+            self._holds_begin_lock = False
             self.call._begin_lock.release()
 
     def put(self, msg: dict[str, Any] | None) -> None:
